@@ -1,0 +1,27 @@
+"""Moving-ball distractor backgrounds (SAC+AE section 5.2, figure 7), numpy only.
+
+BallDistractor simulates and draws the balls; composite.py turns a MuJoCo segmentation render
+(or a colour key) into a background mask and pastes the balls behind the robot.
+"""
+
+from .balls import DEFAULT_PALETTE, BallDistractor, BallOptions
+from .composite import (
+    DistractorCompositor,
+    background_mask_from_segmentation,
+    colour_key_mask,
+    composite,
+    floor_geom_ids,
+    render_with_distractor,
+)
+
+__all__ = [
+    "DEFAULT_PALETTE",
+    "BallDistractor",
+    "BallOptions",
+    "DistractorCompositor",
+    "background_mask_from_segmentation",
+    "colour_key_mask",
+    "composite",
+    "floor_geom_ids",
+    "render_with_distractor",
+]

@@ -1,0 +1,117 @@
+"""Paste a distractor background behind the robot (numpy only; MuJoCo is imported lazily).
+
+In simulation the background is known exactly from MuJoCo's segmentation render: pixels that
+show no geom (the skybox) are background, and optionally so is the floor plane. For camera-like
+streams without segmentation, a colour key (green screen) gives the mask instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .balls import BallDistractor
+
+# mujoco.mjtObj.mjOBJ_GEOM: the object type MuJoCo writes in a segmentation render's second
+# channel for geom pixels. Kept as a constant so this module needs no mujoco import.
+OBJ_GEOM = 5
+
+
+def _check_frame(name: str, frame: np.ndarray) -> None:
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"{name} must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+
+
+def background_mask_from_segmentation(seg: np.ndarray, floor_geom_ids: Sequence[int] = ()) -> np.ndarray:
+    """Boolean (H, W) mask of background pixels from a MuJoCo segmentation render.
+
+    seg is physics.render(..., segmentation=True): int32 (H, W, 2) holding (object id, object
+    type) per pixel, id -1 where no geom is seen. Those pixels are background; so are geoms
+    listed in floor_geom_ids (see floor_geom_ids()) when the floor should be replaced too.
+    """
+    if seg.ndim != 3 or seg.shape[2] != 2:
+        raise ValueError(f"segmentation must be (H, W, 2) (id, type), got shape {seg.shape}")
+    ids = seg[..., 0]
+    mask = ids == -1
+    if len(floor_geom_ids):
+        mask |= np.isin(ids, np.asarray(floor_geom_ids)) & (seg[..., 1] == OBJ_GEOM)
+    return mask
+
+
+def floor_geom_ids(physics: Any) -> tuple[int, ...]:
+    """Ids of the plane geoms (the floor) of a dm_control Physics or a mujoco.MjModel."""
+    import mujoco
+
+    model = getattr(physics, "model", physics)
+    planes = np.flatnonzero(np.asarray(model.geom_type) == mujoco.mjtGeom.mjGEOM_PLANE)
+    return tuple(int(i) for i in planes)
+
+
+def colour_key_mask(frame: np.ndarray, key_rgb: Sequence[int], tolerance: int) -> np.ndarray:
+    """Boolean (H, W) mask of pixels whose every channel is within tolerance of key_rgb.
+
+    The distance is the largest per-channel difference (Chebyshev), so tolerance is in the
+    same 0..255 units as the image: 0 keys the exact colour only, ~40 absorbs the shading of a
+    lit green screen.
+    """
+    _check_frame("frame", frame)
+    if len(key_rgb) != 3 or any(not 0 <= int(c) <= 255 for c in key_rgb):
+        raise ValueError(f"key_rgb must be an (r, g, b) triple in 0..255, got {key_rgb!r}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    diff = np.abs(frame.astype(np.int16) - np.asarray(key_rgb, dtype=np.int16))
+    return diff.max(axis=2) <= tolerance
+
+
+def composite(frame: np.ndarray, background: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """New uint8 frame: background where mask is True, frame (bit-exact) elsewhere."""
+    _check_frame("frame", frame)
+    _check_frame("background", background)
+    if background.shape != frame.shape or mask.shape != frame.shape[:2] or mask.dtype != np.bool_:
+        raise ValueError(f"frame {frame.shape}, background {background.shape} and bool mask "
+                         f"{mask.shape} ({mask.dtype}) must share height and width")
+    out = frame.copy()
+    np.copyto(out, background, where=mask[..., None])
+    return out
+
+
+class DistractorCompositor:
+    """Owns a BallDistractor; once per rendered frame it steps the balls and pastes them behind.
+
+    The balls move one step per call, i.e. per rendered frame, as in the paper where the
+    background video advances with the observations.
+    """
+
+    def __init__(self, height: int, width: int, seed: int | None = None, **options: Any) -> None:
+        self.distractor = BallDistractor(height, width, seed=seed, **options)
+
+    def reset(self, seed: int | None = None) -> None:
+        """New ball layout (call at each episode start)."""
+        self.distractor.reset(seed)
+
+    def apply_mask(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Step, render and composite where mask (bool (H, W), True = background) says."""
+        if frame.shape[:2] != (self.distractor.height, self.distractor.width):
+            raise ValueError(f"frame is {frame.shape[:2]}, distractor is "
+                             f"{(self.distractor.height, self.distractor.width)}")
+        self.distractor.step()
+        return composite(frame, self.distractor.render(), mask)
+
+    def __call__(self, frame: np.ndarray, segmentation: np.ndarray,
+                 floor_geom_ids: Sequence[int] = ()) -> np.ndarray:
+        """Step, render and composite behind the non-background pixels of a segmentation."""
+        return self.apply_mask(frame, background_mask_from_segmentation(segmentation, floor_geom_ids))
+
+
+def render_with_distractor(physics: Any, size: int | tuple[int, int], camera_id: int,
+                           compositor: DistractorCompositor, include_floor: bool = False) -> np.ndarray:
+    """RGB render + one segmentation render of a dm_control Physics, composited: uint8 (H, W, 3).
+
+    size is an int (square) or (height, width). include_floor also replaces the floor plane.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    rgb = physics.render(height, width, camera_id=camera_id)
+    seg = physics.render(height, width, camera_id=camera_id, segmentation=True)
+    floors = floor_geom_ids(physics) if include_floor else ()
+    return compositor(rgb, seg, floors)

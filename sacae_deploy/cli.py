@@ -1,0 +1,62 @@
+"""`sacae`: the command-line entry point. Each command lives in sacae_deploy/commands/ and imports
+its heavy dependencies (torch, dm_control) only when it runs, so `sacae run` works torch-free."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+
+from sacae_deploy.errors import SacaeError
+
+app = typer.Typer(
+    help="Train pixel-based controllers (SAC+AE, SLAC) on DeepMind Control, export them to ONNX, "
+    "and run them torch-free on camera-like frame streams.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line to stderr and return the exit to raise (code 2: bad input)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def user_errors(fn: F) -> F:
+    """Turn SacaeError (and Ctrl-C) into one line and an exit code instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SacaeError as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _register() -> None:
+    from sacae_deploy.commands import train as train_cmd
+
+    for module in (train_cmd,):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app(prog_name="sacae")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `sacae` command group; each exposes `register(app)`."""

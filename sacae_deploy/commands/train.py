@@ -1,0 +1,141 @@
+"""`sacae train`, `sacae envs` and `sacae demo` (the README's main job)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+
+class Algo(str, Enum):
+    sac_ae = "sac-ae"
+    sac_pixel = "sac-pixel"
+    sac_state = "sac-state"
+    slac = "slac"
+
+
+class Preset(str, Enum):
+    paper = "paper"
+    smoke = "smoke"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Distractors(str, Enum):
+    none = "none"
+    balls = "balls"
+
+
+def resolve_run(algo: str, env: str, out: Path, env_steps: int | None, seed: int | None, preset: str,
+                sets: list[str], device: str, resume: bool, distractors: str | None = None) -> Any:
+    """Validate everything a user typed and return the fully resolved config (nothing heavy is built)."""
+    from train import config as C
+    from train.envs import check_env_name
+
+    overrides: dict[str, Any] = dict(C.parse_sets(sets))
+    for key, value in (("env_steps", env_steps), ("seed", seed), ("distractors", distractors)):
+        if value is not None:
+            overrides[key] = value
+    overrides["device"] = device
+    saved = out / "config.json"
+    if resume and saved.exists():
+        base = json.loads(saved.read_text())
+        if base["algo"] != algo or base["env"] != env:
+            raise C.ConfigError(f"{out} holds a {base['algo']} run on {base['env']}; cannot resume it as {algo} on {env}")
+        return C.resolve(algo, preset, base=base, **overrides)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if resume:
+            raise C.ConfigError(f"{out} is not empty but has no config.json to resume from")
+        raise C.ConfigError(f"{out} is not empty; pass --resume to continue that run or choose a new --out")
+    check_env_name(env)
+    return C.resolve(algo, preset, env=env, **overrides)
+
+
+def run_training(cfg: Any, out: Path, resume: bool) -> dict[str, Any]:
+    """Train with a rich progress bar (env steps, env steps/s, last eval return)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from train.workspace import Workspace
+
+    console = Console(stderr=True)
+    ws = Workspace(cfg, out, resume=resume)
+    status = {"eval": "-", "sps": 0.0}
+    columns = [TextColumn(f"[bold]{cfg.algo}[/] {cfg.env}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("env steps  {task.fields[sps]:.0f}/s  eval {task.fields[eval]}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("train", total=cfg.env_steps, completed=ws.env_step, sps=0.0, eval="-")
+
+        def progress(env_step: int, info: dict[str, Any]) -> None:
+            if "eval_return" in info:
+                status["eval"] = f"{info['eval_return']:.1f}"
+                console.print(f"eval  env_step={env_step:>9,}  return={info['eval_return']:.1f}")
+            if "steps_per_s" in info:
+                status["sps"] = info["steps_per_s"]
+            if "message" in info:
+                console.print(info["message"])
+            bar.update(task, completed=env_step, sps=status["sps"], eval=status["eval"])
+
+        result = ws.run(progress)
+    return result
+
+
+def register(app: typer.Typer) -> None:
+    from sacae_deploy.cli import user_errors
+
+    @app.command()
+    @user_errors
+    def train(
+        algo: Annotated[Algo, typer.Option(help="sac-ae (paper), sac-pixel / sac-state (baselines), slac.")],
+        env: Annotated[str, typer.Option(help="DeepMind Control task as DOMAIN-TASK, e.g. cartpole-swingup.")],
+        out: Annotated[Path, typer.Option(help="Run directory: config.json, CSV logs, checkpoints, videos.")],
+        env_steps: Annotated[Optional[int], typer.Option(min=0, help="Environment steps to train for (the papers' unit; default: the preset's).")] = None,
+        seed: Annotated[Optional[int], typer.Option(help="Seed for networks, replay sampling and environments.")] = None,
+        preset: Annotated[Preset, typer.Option(help="paper: the published hyper-parameters; smoke: tiny, for tests.")] = Preset.paper,
+        set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field, KEY=VALUE (repeatable).")] = None,
+        device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+        video: Annotated[bool, typer.Option("--video", help="Save an mp4 of one eval episode at every evaluation.")] = False,
+        distractors: Annotated[Optional[Distractors], typer.Option(help="Replace the background with moving balls (training and eval).")] = None,
+    ) -> None:
+        """Train an agent on a DeepMind Control task; kill it any time and continue with --resume."""
+        sets = list(set_ or []) + (["save_video=true"] if video else [])
+        cfg = resolve_run(algo.value, env, out, env_steps, seed, preset.value, sets, device.value, resume,
+                          distractors.value if distractors else None)
+        result = run_training(cfg, out, resume)
+        typer.echo(json.dumps({"run_dir": str(out), **result}))
+
+    @app.command()
+    @user_errors
+    def envs() -> None:
+        """List the DeepMind Control tasks (DOMAIN-TASK) that --env accepts."""
+        from train.envs import available_envs
+
+        for name in available_envs():
+            typer.echo(name)
+
+    @app.command()
+    @user_errors
+    def demo(
+        out: Annotated[Path, typer.Option(help="Where the demo run goes (replaced if it is a previous demo).")] = Path("runs/demo"),
+        env_steps: Annotated[int, typer.Option(min=1, help="Environment steps of SAC+AE training.")] = 10_000,
+    ) -> None:
+        """The main job on an embedded default: a short SAC+AE run on cartpole-swingup (paper networks),
+        then its evaluation. It shows the pipeline end to end; learning takes ~100k+ steps (see README)."""
+        import shutil
+
+        if (out / "config.json").exists():
+            shutil.rmtree(out)
+        cfg = resolve_run("sac-ae", "cartpole-swingup", out, env_steps, 1, "paper",
+                          ["eval_every=100000", "eval_episodes=5", f"checkpoint_every={env_steps}"], "auto", False)
+        result = run_training(cfg, out, resume=False)
+        typer.echo(f"trained {result['env_step']:,} env steps; eval return {result['eval_return']:.1f} "
+                   f"(logs: {out}/train.csv, {out}/eval.csv, plot: {out}/eval.png)")

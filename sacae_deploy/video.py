@@ -1,0 +1,44 @@
+"""Video and GIF writing (imageio), shared by training's eval videos and `sacae run --record`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+
+class VideoWriter:
+    """Stream RGB uint8 frames (H, W, 3) to an mp4/gif, written to a temp name and renamed when closed."""
+
+    def __init__(self, path: Path | str, fps: float) -> None:
+        import imageio.v2 as imageio
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
+        if self.path.suffix.lower() == ".gif":
+            self._writer = imageio.get_writer(self._tmp, mode="I", duration=1000.0 / fps, loop=0)
+        else:
+            # macro_block_size=1: any frame size (84x84 is not a multiple of 16).
+            self._writer = imageio.get_writer(self._tmp, fps=fps, macro_block_size=1, quality=8)
+
+    def append(self, frame: np.ndarray) -> None:
+        self._writer.append_data(np.ascontiguousarray(frame))
+
+    def close(self) -> None:
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_video(path: Path | str, frames: Iterable[np.ndarray], fps: float) -> None:
+    with VideoWriter(path, fps) as writer:
+        for frame in frames:
+            writer.append(frame)

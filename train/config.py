@@ -1,0 +1,209 @@
+"""Training configuration: one dataclass per algorithm, `paper` and `smoke` presets, `--set` overrides.
+
+The `paper` preset holds the published numbers (SAC+AE appendix B, table 4) so that the paper's
+configuration is what a user gets without flags. `smoke` shrinks everything for tests and CI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+from sacae_deploy.errors import SacaeError
+
+# SAC+AE appendix B.3, table 3 (following PlaNet/SLAC). Used when `action_repeat` is left at 0.
+SAC_AE_ACTION_REPEAT = {
+    "cartpole": 8,
+    "reacher": 4,
+    "cheetah": 4,
+    "finger": 2,
+    "ball_in_cup": 4,
+    "walker": 2,
+}
+DEFAULT_ACTION_REPEAT = 4
+
+
+class ConfigError(SacaeError, ValueError):
+    """A bad configuration value; the CLI turns it into a one-line error and exit code 2."""
+
+
+@dataclass
+class CommonConfig:
+    """Fields every algorithm shares: environment, schedule, logging and checkpointing."""
+
+    algo: str = ""
+    env: str = "cartpole-swingup"
+    seed: int = 1
+    env_steps: int = 500_000  # environment steps (the unit of the published tables)
+    action_repeat: int = 0  # 0 = the paper's per-domain table
+    episode_length: int = 1000  # environment steps per episode
+    image_size: int = 84
+    frame_stack: int = 3
+    camera_id: int = 0
+    replay_capacity: int = 1_000_000  # transitions (agent steps)
+    seed_steps: int = 1000  # random-policy agent steps before learning (SAC+AE B.3: 1000 seed observations)
+    eval_every: int = 10_000  # environment steps
+    eval_episodes: int = 10
+    eval_mean_action: bool = True
+    checkpoint_every: int = 10_000  # environment steps; a checkpoint is also written at the end of a run
+    save_video: bool = False  # an mp4 of the first eval episode at each evaluation
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    distractors: str = "none"
+
+
+@dataclass
+class SacConfig(CommonConfig):
+    """SAC+AE, SAC:pixel and SAC:state (SAC+AE appendix B, table 4)."""
+
+    batch_size: int = 128
+    discount: float = 0.99
+    hidden_dim: int = 1024
+    feature_dim: int = 50
+    num_conv_layers: int = 4
+    num_filters: int = 32
+    critic_lr: float = 1e-3
+    critic_beta: float = 0.9
+    critic_tau: float = 0.01  # tau_Q
+    encoder_tau: float = 0.05  # tau_enc
+    critic_target_update_freq: int = 2
+    actor_lr: float = 1e-3
+    actor_beta: float = 0.9
+    actor_update_freq: int = 2
+    actor_log_std_min: float = -10.0
+    actor_log_std_max: float = 2.0
+    encoder_lr: float = 1e-3  # autoencoder learning rate
+    decoder_lr: float = 1e-3
+    decoder_update_freq: int = 1
+    decoder_latent_lambda: float = 1e-6  # lambda_z
+    decoder_weight_lambda: float = 1e-7  # lambda_theta
+    reconstruction_bits: int = 5
+    init_temperature: float = 0.1
+    alpha_lr: float = 1e-4
+    alpha_beta: float = 0.5
+    updates_per_step: int = 1
+    # Speed options (same math): channels_last conv layout and an optional bf16 autocast.
+    channels_last: bool = True
+    bf16: bool = False
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "sac": {
+        "paper": {},
+        "smoke": dict(
+            env_steps=800,
+            episode_length=200,
+            image_size=32,
+            replay_capacity=2000,
+            seed_steps=40,
+            eval_every=400,
+            eval_episodes=1,
+            checkpoint_every=400,
+            batch_size=16,
+            hidden_dim=32,
+            feature_dim=16,
+            num_filters=8,
+        ),
+    },
+}
+
+# algorithm name -> (config class, preset family). SLAC registers itself in train/slac.
+ALGOS: dict[str, tuple[type[CommonConfig], str]] = {
+    "sac-ae": (SacConfig, "sac"),
+    "sac-pixel": (SacConfig, "sac"),
+    "sac-state": (SacConfig, "sac"),
+}
+
+
+def _coerce(name: str, kind: Callable[[str], Any] | type, text: str) -> Any:
+    if kind is bool:
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--set {name}={text}: expected true or false")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"--set {name}={text}: expected {kind.__name__}") from None
+
+
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """Split `KEY=VALUE` strings; values stay text until the config knows their type."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resolve(algo: str, preset: str = "paper", base: dict[str, Any] | None = None, **overrides: Any) -> CommonConfig:
+    """Build the fully resolved config: class defaults, then preset (or `base`, a saved config.json
+    being resumed), then explicit overrides.
+
+    Overrides given as strings (from `--set`) are coerced to the field's type; unknown keys raise.
+    """
+    if algo not in ALGOS:
+        raise ConfigError(f"unknown algo {algo!r}; choose from {', '.join(ALGOS)}")
+    cls, family = ALGOS[algo]
+    presets = PRESETS[family]
+    if preset not in presets:
+        raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
+    types = {f.name: type(f.default) for f in fields(cls)}
+    values: dict[str, Any] = dict(presets[preset] if base is None else base)
+    for key, value in overrides.items():
+        if key not in types:
+            raise ConfigError(f"unknown config key {key!r} for {algo}")
+        values[key] = _coerce(key, types[key], value) if isinstance(value, str) and types[key] is not str else value
+    values["algo"] = algo
+    cfg = cls(**values)
+    if cfg.action_repeat == 0:
+        cfg.action_repeat = default_action_repeat(cfg)
+    validate(cfg)
+    return cfg
+
+
+def default_action_repeat(cfg: CommonConfig) -> int:
+    table = getattr(cfg, "action_repeat_table", None) or SAC_AE_ACTION_REPEAT
+    domain = cfg.env.split("-", 1)[0]
+    return table.get(domain, DEFAULT_ACTION_REPEAT)
+
+
+def validate(cfg: CommonConfig) -> None:
+    positive = ["episode_length", "image_size", "frame_stack", "replay_capacity", "eval_every",
+                "eval_episodes", "checkpoint_every", "action_repeat"]
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}")
+    for name in ("env_steps", "seed_steps", "threads"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be non-negative, got {getattr(cfg, name)}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.distractors not in ("none", "balls"):
+        raise ConfigError(f"distractors must be none or balls, got {cfg.distractors!r}")
+    if cfg.episode_length % cfg.action_repeat:
+        raise ConfigError(f"episode_length {cfg.episode_length} is not a multiple of action_repeat {cfg.action_repeat}")
+    if isinstance(cfg, SacConfig) and cfg.batch_size <= 0:
+        raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}")
+
+
+def to_dict(cfg: CommonConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> CommonConfig:
+    """Rebuild a config saved in a run's config.json (used by --resume and the exporter)."""
+    cls, _ = ALGOS[data["algo"]]
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def load(path: str) -> CommonConfig:
+    with open(path) as fh:
+        return from_dict(json.load(fh))

@@ -1,0 +1,206 @@
+"""Frame-once replay: every rendered frame is stored once (uint8); stacks and sequence windows are
+rebuilt at sample time.
+
+Layout: a ring of `capacity` slots. Each agent step writes one slot: the observation it produced
+(a (3, H, W) frame, or a state vector), the action that led to it, the reward and discount, and the
+slot's step index within its episode (0 for the first observation after a reset). A transition
+(o_t, a, r, o_{t+1}) is the pair of consecutive slots (g, g+1) with step(g+1) > 0, so a reset never
+joins two episodes. History before an episode's start is padded by one rule, shared by stacks and
+SLAC windows and the runtime: repeat the episode's first frame, zero the actions and rewards
+(`sacae_deploy.contract.PADDING_RULE`).
+
+Per slot at 84x84: 21,168 B of frame + 4*A (action) + 4 (reward) + 4 (discount) + 4 (step).
+The reference implementation stores obs and next_obs stacks per transition (127,040 B).
+
+Checkpoints are chunked: a chunk file that did not change since the previous checkpoint is
+hard-linked instead of written again, so saving a large buffer costs only what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sacae_deploy.contract import PADDING_RULE
+from sacae_deploy.errors import SacaeError
+
+CHUNK_SLOTS = 4096
+
+
+class ReplayError(SacaeError, ValueError):
+    """A replay size that cannot work (e.g. does not fit in memory)."""
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux); a very large number where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
+class FrameReplay:
+    padding_rule = PADDING_RULE  # recorded in config.json and in exported ONNX metadata
+
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: Any, action_dim: int,
+                 check_memory: bool = True, headroom_bytes: int = 2 << 30) -> None:
+        if capacity < 2:
+            raise ReplayError(f"replay capacity must be at least 2, got {capacity}")
+        self.capacity = capacity
+        self.obs_shape = tuple(obs_shape)
+        self.obs_dtype = np.dtype(obs_dtype)
+        self.action_dim = action_dim
+        need = capacity * self.bytes_per_slot()
+        avail = available_memory_bytes()
+        if check_memory and need > avail - headroom_bytes:
+            raise ReplayError(
+                f"replay of {capacity:,} transitions needs {need / 2**30:.1f} GiB but only "
+                f"{max(avail - headroom_bytes, 0) / 2**30:.1f} GiB is available (after {headroom_bytes / 2**30:.0f} GiB "
+                f"headroom); lower it with --set replay_capacity=N")
+        # np.zeros maps pages lazily: memory is committed as slots are written.
+        self.obs = np.zeros((capacity, *self.obs_shape), dtype=self.obs_dtype)
+        self.action = np.zeros((capacity, action_dim), dtype=np.float32)
+        self.reward = np.zeros(capacity, dtype=np.float32)
+        self.discount = np.zeros(capacity, dtype=np.float32)
+        self.step = np.zeros(capacity, dtype=np.int32)  # index of the slot within its episode
+        self.total = 0  # slots ever written; slot of global index g is g % capacity
+        self._dirty: set[int] = set()  # chunks written since the last save
+
+    # ------------------------------------------------------------------ writing
+    def bytes_per_slot(self) -> int:
+        return int(np.prod(self.obs_shape)) * self.obs_dtype.itemsize + 4 * self.action_dim + 4 + 4 + 4
+
+    def _write(self, obs: np.ndarray, action: np.ndarray | None, reward: float, discount: float, step: int) -> None:
+        i = self.total % self.capacity
+        self.obs[i] = obs
+        self.action[i] = 0.0 if action is None else action
+        self.reward[i] = reward
+        self.discount[i] = discount
+        self.step[i] = step
+        self._dirty.add(i // CHUNK_SLOTS)
+        self.total += 1
+
+    def add_first(self, obs: np.ndarray) -> None:
+        """The first observation of an episode (no action led to it)."""
+        self._write(obs, None, 0.0, 1.0, 0)
+
+    def add(self, obs: np.ndarray, action: np.ndarray, reward: float, discount: float) -> None:
+        """The observation produced by `action`, with its reward and discount (0 only at a terminal)."""
+        if self.total == 0:
+            raise ReplayError("add_first must start an episode before add")
+        prev = self.step[(self.total - 1) % self.capacity]
+        self._write(obs, action, reward, discount, int(prev) + 1)
+
+    def __len__(self) -> int:
+        """Number of transitions currently sampleable (approximately: slots minus episode starts)."""
+        return min(self.total, self.capacity)
+
+    # ------------------------------------------------------------------ sampling
+    def _oldest(self) -> int:
+        return max(0, self.total - self.capacity)
+
+    def _draw(self, rng: np.random.Generator, batch: int, history: int, need_next: bool) -> np.ndarray:
+        """Global indices g whose history back to g-history (clamped at the episode start) is still stored."""
+        lo, hi = self._oldest(), self.total - (2 if need_next else 1)
+        if hi < lo:
+            raise ReplayError("replay holds no complete transition yet")
+        out: list[np.ndarray] = []
+        got = 0
+        for _ in range(1000):
+            g = rng.integers(lo, hi + 1, size=2 * batch + 8)
+            s = self.step[g % self.capacity]
+            ok = g - np.minimum(history, s) >= lo
+            if need_next:
+                ok &= self.step[(g + 1) % self.capacity] > 0
+            g = g[ok]
+            out.append(g)
+            got += len(g)
+            if got >= batch:
+                return np.concatenate(out)[:batch]
+        raise ReplayError("could not draw valid transitions (are all episodes a single step?)")
+
+    def _history_index(self, g: np.ndarray, back: int) -> np.ndarray:
+        """Slots of frames g-back..g (oldest first), repeating the episode's first frame before its start."""
+        s = self.step[g % self.capacity][:, None]
+        k = np.arange(back, -1, -1)[None, :]
+        return (g[:, None] - np.minimum(k, s)) % self.capacity
+
+    def sample(self, batch: int, rng: np.random.Generator, stack: int) -> dict[str, np.ndarray]:
+        """SAC batch: obs and next_obs as (B, stack*C, H, W) (or (B, S) for states), action, reward, discount."""
+        g = self._draw(rng, batch, stack - 1, need_next=True)
+        idx = self._history_index(g, stack - 1)
+        nxt = (g + 1) % self.capacity
+        frames = np.concatenate([self.obs[idx], self.obs[nxt][:, None]], axis=1)  # (B, stack+1, ...)
+        b = len(g)
+        obs = frames[:, :stack].reshape(b, -1, *self.obs_shape[1:])
+        next_obs = frames[:, 1:].reshape(b, -1, *self.obs_shape[1:])
+        return {
+            "obs": obs,
+            "action": self.action[nxt],
+            "reward": self.reward[nxt],
+            "discount": self.discount[nxt],
+            "next_obs": next_obs,
+        }
+
+    def sample_windows(self, batch: int, rng: np.random.Generator, length: int) -> dict[str, np.ndarray]:
+        """SLAC windows ending at a random slot g: frames g-length..g (B, length+1, *obs_shape) and the
+        `length` actions/rewards/discounts leading to frames g-length+1..g. Before the episode start the
+        first frame is repeated and actions/rewards are zero (PADDING_RULE); `valid` marks real steps."""
+        g = self._draw(rng, batch, length, need_next=False)
+        idx = self._history_index(g, length)
+        step_idx = idx[:, 1:]
+        # Action/reward at a padded position, or at an episode's first slot, is not a real step.
+        offsets = np.arange(length - 1, -1, -1)[None, :]
+        valid = (self.step[g % self.capacity][:, None] - offsets) > 0
+        mask = valid.astype(np.float32)
+        return {
+            "frames": self.obs[idx],
+            "action": self.action[step_idx] * mask[..., None],
+            "reward": self.reward[step_idx] * mask,
+            "discount": np.where(valid, self.discount[step_idx], 1.0).astype(np.float32),
+            "valid": valid,
+        }
+
+    # ------------------------------------------------------------------ checkpointing
+    _ARRAYS = ("obs", "action", "reward", "discount", "step")
+
+    def save(self, directory: Path, previous: Path | None = None) -> None:
+        """Write the buffer into `directory` (new, empty); unchanged chunks are hard-linked from `previous`."""
+        directory.mkdir(parents=True, exist_ok=False)
+        filled = min(self.total, self.capacity)
+        n_chunks = (filled + CHUNK_SLOTS - 1) // CHUNK_SLOTS
+        for c in range(n_chunks):
+            name = f"chunk{c:05d}.npz"
+            old = previous / name if previous is not None else None
+            if old is not None and old.exists() and c not in self._dirty:
+                os.link(old, directory / name)
+                continue
+            sl = slice(c * CHUNK_SLOTS, min((c + 1) * CHUNK_SLOTS, filled))
+            with open(directory / name, "wb") as fh:
+                np.savez(fh, **{a: getattr(self, a)[sl] for a in self._ARRAYS})
+        meta = {"total": self.total, "capacity": self.capacity, "obs_shape": list(self.obs_shape),
+                "obs_dtype": self.obs_dtype.str, "action_dim": self.action_dim, "chunks": n_chunks}
+        (directory / "meta.json").write_text(json.dumps(meta))
+        self._dirty.clear()
+
+    def load(self, directory: Path) -> None:
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta["capacity"] != self.capacity or tuple(meta["obs_shape"]) != self.obs_shape:
+            raise ReplayError(f"checkpointed replay {directory} has capacity {meta['capacity']} and obs "
+                              f"{meta['obs_shape']}, this run expects {self.capacity} and {list(self.obs_shape)}")
+        for c in range(meta["chunks"]):
+            with np.load(directory / f"chunk{c:05d}.npz", allow_pickle=False) as data:
+                start = c * CHUNK_SLOTS
+                for a in self._ARRAYS:
+                    arr = data[a]
+                    getattr(self, a)[start:start + len(arr)] = arr
+        self.total = int(meta["total"])
+        self._dirty.clear()

@@ -1,0 +1,309 @@
+"""SAC+AE (Yarats et al. 2019), and its baselines SAC:pixel and SAC:state, in one agent.
+
+- sac-ae:    SAC on a conv encoder + a regularized deterministic autoencoder (RAE, appendix B.5).
+- sac-pixel: the same without the decoder (the encoder learns from the critic alone).
+- sac-state: SAC on the proprioceptive state (identity encoder), the papers' upper bound.
+
+Gradient routing is the paper's (B.2): the actor and critic encoders share their conv trunk; only
+the critic and the decoder update it (the actor's gradients stop at the trunk); the actor keeps its
+own fc + LayerNorm head. The update order is the reference implementation's: critic, then (every
+`actor_update_freq`) actor and alpha, then (every `critic_target_update_freq`) target soft updates,
+then the decoder.
+
+Same math, less work: after the critic step the actor update and the decoder update both encode the
+same `obs` with the same trunk weights, so the trunk runs once (with grad, for the decoder) and the
+actor uses that output detached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.config import SacConfig
+from train.decoder import PixelDecoder
+from train.encoder import IdentityEncoder, PixelEncoder
+from train.torch_utils import soft_update, weight_init
+
+
+def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
+    """3-layer MLP with ReLUs between layers (appendix B.1)."""
+    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, out))
+
+
+class Actor(nn.Module):
+    """Tanh-squashed diagonal Gaussian; log-std squashed into [log_std_min, log_std_max] (table 4)."""
+
+    def __init__(self, encoder: nn.Module, action_dim: int, hidden_dim: int, log_std_min: float,
+                 log_std_max: float) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.trunk = _mlp(encoder.feature_dim, hidden_dim, 2 * action_dim)
+
+    def dist_params(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.trunk(feature).chunk(2, dim=-1)
+        log_std = torch.tanh(log_std)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
+        return mu, log_std
+
+    def mean_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic (evaluation / exported) action: tanh(mean)."""
+        mu, _ = self.dist_params(self.encoder(obs))
+        return torch.tanh(mu)
+
+    def sample(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterised squashed sample and its log-probability."""
+        mu, log_std = self.dist_params(feature)
+        noise = torch.randn_like(mu)
+        pre = mu + noise * log_std.exp()
+        log_pi = (-0.5 * noise.pow(2) - log_std).sum(-1, keepdim=True) - 0.5 * math.log(2 * math.pi) * mu.size(-1)
+        pi = torch.tanh(pre)
+        log_pi = log_pi - torch.log(F.relu(1 - pi.pow(2)) + 1e-6).sum(-1, keepdim=True)
+        return pi, log_pi
+
+
+class Critic(nn.Module):
+    """Double Q (appendix B.1): two Q heads on the encoder feature concatenated with the action."""
+
+    def __init__(self, encoder: nn.Module, action_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.q1 = _mlp(encoder.feature_dim + action_dim, hidden_dim, 1)
+        self.q2 = _mlp(encoder.feature_dim + action_dim, hidden_dim, 1)
+
+    def q(self, feature: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([feature, action], dim=-1)
+        return self.q1(x), self.q2(x)
+
+    def heads(self) -> Iterator[nn.Module]:
+        yield self.q1
+        yield self.q2
+
+
+class _StackPolicy:
+    """SAC acts on the environment's frame stack, so an episode needs no history of its own."""
+
+    def __init__(self, agent: "SacAgent", mean: bool) -> None:
+        self.agent, self.mean = agent, mean
+
+    def reset(self, obs: np.ndarray) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.agent.act(obs, self.mean)
+
+    def record(self, obs: np.ndarray, action: np.ndarray) -> None:
+        pass
+
+
+class SacAgent:
+    """SAC+AE / SAC:pixel / SAC:state: networks, optimizers and the update rule."""
+
+    metric_names = ["critic_loss", "actor_loss", "alpha_loss", "alpha", "entropy", "ae_loss", "rec_loss"]
+
+    def __init__(self, cfg: SacConfig, obs_shape: tuple[int, ...], action_dim: int, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.action_dim = action_dim
+        self.pixels = cfg.algo != "sac-state"
+        self.channels_last = self.pixels and cfg.channels_last
+        if self.pixels:
+            critic_enc: nn.Module = PixelEncoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters)
+            actor_enc: nn.Module = PixelEncoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters,
+                                                trunk=critic_enc.trunk)  # tied conv weights (B.2)
+        else:
+            critic_enc = IdentityEncoder(obs_shape)
+            actor_enc = IdentityEncoder(obs_shape)
+        self.actor = Actor(actor_enc, action_dim, cfg.hidden_dim, cfg.actor_log_std_min, cfg.actor_log_std_max)
+        self.critic = Critic(critic_enc, action_dim, cfg.hidden_dim)
+        self.actor.apply(weight_init)
+        self.critic.apply(weight_init)
+        # The actor's head must start from its own init; the tied trunk is the critic's (same object).
+        self.critic_target = copy.deepcopy(self.critic)
+        self.decoder: PixelDecoder | None = None
+        if cfg.algo == "sac-ae":
+            self.decoder = PixelDecoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters)
+            self.decoder.apply(weight_init)
+        for m in self.modules().values():
+            m.to(device)
+            if self.channels_last:
+                m.to(memory_format=torch.channels_last)
+        self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=device, requires_grad=True)
+        self.target_entropy = -float(action_dim)
+
+        opt = self._adam
+        trunk_ids = {id(p) for p in critic_enc.trunk.parameters()} if self.pixels else set()
+        actor_params = [p for p in self.actor.parameters() if id(p) not in trunk_ids]  # actor never moves the trunk
+        self.actor_opt = opt(actor_params, cfg.actor_lr, (cfg.actor_beta, 0.999))
+        self.critic_opt = opt(self.critic.parameters(), cfg.critic_lr, (cfg.critic_beta, 0.999))
+        self.alpha_opt = opt([self.log_alpha], cfg.alpha_lr, (cfg.alpha_beta, 0.999))
+        self.encoder_opt = self.decoder_opt = None
+        if self.decoder is not None:
+            self.encoder_opt = opt(critic_enc.parameters(), cfg.encoder_lr, (0.9, 0.999))
+            self.decoder_opt = opt(self.decoder.parameters(), cfg.decoder_lr, (0.9, 0.999),
+                                   weight_decay=cfg.decoder_weight_lambda)  # lambda_theta (B.5)
+        self.train_mode(True)
+
+    def _adam(self, params: Any, lr: float, betas: tuple[float, float], weight_decay: float = 0.0) -> torch.optim.Adam:
+        # foreach: one kernel per parameter group step instead of one per tensor; identical math.
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def modules(self) -> dict[str, nn.Module]:
+        mods = {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
+        if self.decoder is not None:
+            mods["decoder"] = self.decoder
+        return mods
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}
+        if self.decoder_opt is not None and self.encoder_opt is not None:
+            opts["encoder_opt"] = self.encoder_opt
+            opts["decoder_opt"] = self.decoder_opt
+        return opts
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: m.state_dict() for k, m in self.modules().items()}
+        out.update({k: o.state_dict() for k, o in self.optimizers().items()})
+        out["log_alpha"] = self.log_alpha.detach().clone()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state[k])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state[k])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+
+    def train_mode(self, training: bool) -> None:
+        for m in self.modules().values():
+            m.train(training)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.cfg.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _obs(self, obs: np.ndarray) -> torch.Tensor:
+        t = torch.as_tensor(obs, device=self.device)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, mean: bool) -> np.ndarray:
+        o = self._obs(obs[None])
+        feature = self.actor.encoder(o)
+        if mean:
+            mu, _ = self.actor.dist_params(feature)
+            action = torch.tanh(mu)
+        else:
+            action, _ = self.actor.sample(feature)
+        return action[0].float().cpu().numpy()
+
+    def episode_policy(self, mean: bool) -> _StackPolicy:
+        return _StackPolicy(self, mean)
+
+    def random_action(self, rng: np.random.Generator) -> np.ndarray:
+        """Seed-step policy (B.3): uniform in [-1, 1]."""
+        return rng.uniform(-1.0, 1.0, size=self.action_dim).astype(np.float32)
+
+    # ------------------------------------------------------------------ learning
+    def update(self, replay: Any, rng: np.random.Generator, step: int) -> dict[str, torch.Tensor]:
+        """One gradient step on a fresh batch. Metrics stay detached tensors: no host sync on a GPU."""
+        cfg = self.cfg
+        batch = replay.sample(cfg.batch_size, rng, stack=cfg.frame_stack if self.pixels else 1)
+        obs, next_obs = self._obs(batch["obs"]), self._obs(batch["next_obs"])
+        action = torch.as_tensor(batch["action"], device=self.device)
+        reward = torch.as_tensor(batch["reward"], device=self.device).unsqueeze(-1)
+        discount = torch.as_tensor(batch["discount"], device=self.device).unsqueeze(-1) * cfg.discount
+        metrics = self.update_critic(obs, action, reward, discount, next_obs)
+        trunk_out: torch.Tensor | None = None
+        if self.decoder is not None and step % cfg.decoder_update_freq == 0:
+            with self._autocast():
+                trunk_out = self.critic.encoder.trunk(obs)  # post-critic-step weights, shared below
+        if step % cfg.actor_update_freq == 0:
+            metrics.update(self.update_actor_and_alpha(obs, trunk_out))
+        if step % cfg.critic_target_update_freq == 0:
+            for src, tgt in zip(self.critic.heads(), self.critic_target.heads()):
+                soft_update(src, tgt, cfg.critic_tau)
+            soft_update(self.critic.encoder, self.critic_target.encoder, cfg.encoder_tau)
+        if trunk_out is not None:
+            metrics.update(self.update_decoder(obs, trunk_out))
+        return metrics
+
+    def update_critic(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+                      discount: torch.Tensor, next_obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad(), self._autocast():
+            next_action, next_log_pi = self.actor.sample(self.actor.encoder(next_obs))
+            tq1, tq2 = self.critic_target.q(self.critic_target.encoder(next_obs), next_action)
+            target_v = torch.min(tq1, tq2).float() - self.alpha.detach() * next_log_pi.float()
+            target_q = reward + discount * target_v
+        with self._autocast():
+            q1, q2 = self.critic.q(self.critic.encoder(obs), action)
+        loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        return {"critic_loss": loss.detach()}
+
+    def update_actor_and_alpha(self, obs: torch.Tensor, trunk_out: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        with self._autocast():
+            # The actor never updates the trunk (B.2): its gradients stop at the trunk output.
+            h = (trunk_out if trunk_out is not None else self.critic.encoder.trunk(obs)).detach()
+            pi, log_pi = self.actor.sample(self.actor.encoder.head(h))
+            q1, q2 = self.critic.q(self.critic.encoder.head(h), pi)
+        log_pi = log_pi.float()
+        actor_loss = (self.alpha.detach() * log_pi - torch.min(q1, q2).float()).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        # The critic's heads received gradients from the actor loss; they must not leak into the next step.
+        self.critic_opt.zero_grad(set_to_none=True)
+
+        alpha_loss = (self.alpha * (-log_pi - self.target_entropy).detach()).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        return {"actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(),
+                "alpha": self.alpha.detach(), "entropy": -log_pi.detach().mean()}
+
+    def update_decoder(self, obs: torch.Tensor, trunk_out: torch.Tensor) -> dict[str, torch.Tensor]:
+        """RAE loss (B.5): 5-bit reconstruction + lambda_z * latent L2; lambda_theta is Adam weight decay."""
+        assert self.decoder is not None and self.encoder_opt is not None and self.decoder_opt is not None
+        with self._autocast():
+            z = self.critic.encoder.head(trunk_out)
+            rec = self.decoder(z)
+        target = reconstruction_target(obs, self.cfg.reconstruction_bits)
+        rec_loss = F.mse_loss(rec.float(), target)
+        # As the reference implementation: 0.5 * ||z||^2 per sample, averaged over the batch.
+        latent_loss = (0.5 * z.float().pow(2).sum(-1)).mean()
+        loss = rec_loss + self.cfg.decoder_latent_lambda * latent_loss
+        self.encoder_opt.zero_grad(set_to_none=True)
+        self.decoder_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.encoder_opt.step()
+        self.decoder_opt.step()
+        return {"ae_loss": loss.detach(), "rec_loss": rec_loss.detach()}
+
+
+def reconstruction_target(obs: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pixels reduced to `bits` bits, dequantised with uniform noise, centred on 0 (B.6; Kingma & Dhariwal)."""
+    bins = 2**bits
+    x = torch.floor(obs.float() / 2 ** (8 - bits)) / bins
+    return x + torch.rand_like(x) / bins - 0.5
