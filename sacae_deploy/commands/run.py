@@ -1,0 +1,126 @@
+"""`sacae run`: drive an exported ONNX policy on a camera-like frame stream, torch-free."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from sacae_deploy.commands.train import Device
+
+
+class Recorder:
+    """--record: the mp4/gif is opened on the first frame, so a stream that ends at once leaves no
+    empty file behind and the size is the source's own."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path, self.fps = path, fps
+        self._writer: Any = None
+
+    def append(self, frame: Any) -> None:
+        if self._writer is None:
+            from sacae_deploy.video import VideoWriter
+
+            self._writer = VideoWriter(self.path, self.fps)
+        self._writer.append(frame)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def print_summary(summary: Any, source: str) -> None:
+    """A small table on stderr (stdout may be carrying the JSON lines)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f} ms"
+
+    lat = summary.latency_ms
+    table = Table(title=f"sacae run {source}", show_header=False, title_justify="left")
+    rows = [
+        ("frames", f"{summary.frames:,}"),
+        ("decisions", f"{summary.decisions:,} (action repeat {summary.action_repeat})"),
+        ("latency p50 / p95 / p99", f"{ms(lat['p50'])} / {ms(lat['p95'])} / {ms(lat['p99'])}"),
+        ("latency max", ms(lat["max"])),
+        ("effective rate", f"{summary.rate_hz:,.1f} frames/s"
+                           + (f" (target {1.0 / summary.control_timestep:,.1f})" if summary.realtime else "")),
+    ]
+    if summary.realtime:
+        rows.append(("overruns / late decisions", f"{summary.overruns:,} / {summary.late_decisions:,}"))
+    if summary.episode_returns:
+        rows.append(("episode returns", ", ".join(f"{r:.1f}" for r in summary.episode_returns)))
+    if summary.partial_return is not None:
+        rows.append(("unfinished episode", f"{summary.partial_return:.1f} so far"))
+    if summary.interrupted:
+        rows.append(("ended by", "Ctrl-C"))
+    for key, value in rows:
+        table.add_row(key, value)
+    Console(stderr=True).print(table)
+
+
+def register(app: typer.Typer) -> None:
+    from sacae_deploy.cli import user_errors
+
+    @app.command()
+    @user_errors
+    def run(
+        policy: Annotated[Path, typer.Argument(help="Exported policy (.onnx from `sacae export`, or a run directory holding policy.onnx).")],
+        source: Annotated[str, typer.Option(help="dmc:DOMAIN-TASK (simulated camera; 'dmc' = the policy's task), "
+                                                 "video:PATH, images:DIR or camera:INDEX.")],
+        episodes: Annotated[Optional[int], typer.Option(min=1, help="dmc: episodes of 1000 control steps (default 1).")] = None,
+        jsonl: Annotated[Optional[str], typer.Option(help="Write one JSON line per frame to PATH, or '-' for stdout.")] = None,
+        record: Annotated[Optional[Path], typer.Option(help="Write the frames the source delivered (original size) to an mp4/gif.")] = None,
+        realtime: Annotated[bool, typer.Option("--realtime", help="Pace frames at the policy's control timestep (deadlines, overruns).")] = False,
+        action_repeat: Annotated[Optional[int], typer.Option(min=1, help="Decide every K frames (default: the policy's training value).")] = None,
+        device: Annotated[Device, typer.Option(help="Where ONNX Runtime runs the policy.")] = Device.auto,
+        threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: the Policy's).")] = None,
+        max_frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after N frames.")] = None,
+        seed: Annotated[Optional[int], typer.Option(help="dmc: seed of the task (episode e starts from seed + e; default 0).")] = None,
+        summary_json: Annotated[Optional[Path], typer.Option(help="Also write the summary as JSON to PATH.")] = None,
+    ) -> None:
+        """Run an exported policy on a frame stream: a decision every action-repeat frames, the action held in between."""
+        from sacae_deploy.contract import K_CAMERA_ID
+        from sacae_deploy.policy import Policy
+        from sacae_deploy.run_loop import JsonLines, RunError, run_loop
+        from sacae_deploy.sources import DMCSource, open_source
+
+        pol = Policy.load(policy, device=device.value, threads=threads)
+        if not pol.image_size:
+            raise RunError(f"model {policy} is a {pol.algo} policy on states; `sacae run` needs a pixel policy")
+        src = open_source(source, image_size=pol.image_size, default_env=pol.env, seed=seed, episodes=episodes,
+                          camera_id=int(pol.metadata.get(K_CAMERA_ID, 0)))
+        closers: list[Any] = [src]
+        try:
+            if isinstance(src, DMCSource):
+                if src.action_dim != pol.action_dim:
+                    raise RunError(f"{source} takes {src.action_dim}-d actions; the policy gives {pol.action_dim}-d")
+                if src.env_name != pol.env:
+                    typer.echo(f"warning: the policy was trained on {pol.env}, running it on {src.env_name}", err=True)
+            on_frame = None
+            if jsonl is not None:
+                on_frame = JsonLines(jsonl)
+                closers.append(on_frame)
+            recorder = None
+            if record is not None:
+                recorder = Recorder(record, fps=src.fps or 1.0 / pol.control_timestep)
+                closers.append(recorder)
+
+            typer.echo(pol.describe(), err=True)
+
+            def episode_end(episode: int, total: float) -> None:
+                typer.echo(f"episode {episode}: return {total:.1f}", err=True)
+
+            summary = run_loop(pol, src, action_repeat=action_repeat, realtime=realtime, max_frames=max_frames,
+                               on_frame=on_frame, record=recorder.append if recorder else None,
+                               on_episode_end=episode_end)
+        finally:
+            for closer in reversed(closers):
+                closer.close()
+        print_summary(summary, source)
+        if summary_json is not None:
+            summary_json.parent.mkdir(parents=True, exist_ok=True)
+            summary_json.write_text(json.dumps({"source": source, "policy": str(policy), **summary.to_dict()}, indent=2) + "\n")

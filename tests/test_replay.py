@@ -1,0 +1,95 @@
+"""Frame-once replay: bytes per transition, stacks and windows that never mix episodes, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.replay import FrameReplay, ReplayError
+
+
+def _fill(replay: FrameReplay, episodes: list[int]) -> None:
+    """Frames encode (episode, step) in their first two pixels; actions encode the step."""
+    for ep, length in enumerate(episodes):
+        frame = np.zeros(replay.obs_shape, np.uint8)
+        frame[0, 0, 0], frame[0, 0, 1] = ep, 0
+        replay.add_first(frame)
+        for t in range(1, length + 1):
+            frame = np.zeros(replay.obs_shape, np.uint8)
+            frame[0, 0, 0], frame[0, 0, 1] = ep, t
+            replay.add(frame, np.full(replay.action_dim, t, np.float32), float(t), 1.0)
+
+
+def _ids(stack: np.ndarray) -> list[tuple[int, int]]:
+    return [(int(stack[3 * k, 0, 0]), int(stack[3 * k, 0, 1])) for k in range(stack.shape[0] // 3)]
+
+
+def test_bytes_per_transition_at_84() -> None:
+    replay = FrameReplay(10, (3, 84, 84), np.uint8, action_dim=6)
+    assert replay.bytes_per_slot() <= 21_300
+    assert replay.obs.nbytes / replay.capacity == 21_168
+
+
+def test_stacks_respect_episode_boundaries() -> None:
+    replay = FrameReplay(1000, (3, 4, 4), np.uint8, action_dim=1)
+    _fill(replay, [5, 1, 7, 3])
+    batch = replay.sample(512, np.random.default_rng(0), stack=3)
+    for obs, nxt, action, reward in zip(batch["obs"], batch["next_obs"], batch["action"], batch["reward"]):
+        o, n = _ids(obs), _ids(nxt)
+        assert len({e for e, _ in o + n}) == 1, (o, n)  # one episode per sample
+        t = o[-1][1]
+        # padding rule: the episode's first frame repeats before its start
+        assert o == [(o[0][0], max(t - 2, 0)), (o[0][0], max(t - 1, 0)), (o[0][0], t)]
+        assert n == o[1:] + [(o[0][0], t + 1)]
+        assert action[0] == t + 1 and reward == t + 1
+
+
+def test_ring_wraparound_never_serves_overwritten_history() -> None:
+    replay = FrameReplay(20, (3, 2, 2), np.uint8, action_dim=1)
+    _fill(replay, [30])  # one long episode, overwritten several times
+    batch = replay.sample(256, np.random.default_rng(1), stack=3)
+    for obs in batch["obs"]:
+        steps = [s for _, s in _ids(obs)]
+        assert steps == [steps[0], steps[0] + 1, steps[0] + 2] and steps[0] >= 30 - 19
+
+
+def test_windows_padding_rule() -> None:
+    replay = FrameReplay(1000, (3, 2, 2), np.uint8, action_dim=2)
+    _fill(replay, [3, 12])
+    w = replay.sample_windows(256, np.random.default_rng(2), length=8)
+    assert w["frames"].shape == (256, 9, 3, 2, 2) and w["action"].shape == (256, 8, 2)
+    for frames, actions, valid in zip(w["frames"], w["action"], w["valid"]):
+        ids = [(int(f[0, 0, 0]), int(f[0, 0, 1])) for f in frames]
+        assert len({e for e, _ in ids}) == 1
+        t = ids[-1][1]
+        assert [s for _, s in ids] == [max(t - k, 0) for k in range(8, -1, -1)]
+        # action j leads to frame j+1; it is real only if that frame is not an episode start
+        expect = [float(max(t - k, 0)) if t - k > 0 else 0.0 for k in range(7, -1, -1)]
+        assert actions[:, 0].tolist() == expect
+        assert valid.tolist() == [t - k > 0 for k in range(7, -1, -1)]
+
+
+def test_refuses_capacity_that_cannot_fit() -> None:
+    with pytest.raises(ReplayError, match="replay_capacity"):
+        FrameReplay(10**9, (3, 84, 84), np.uint8, action_dim=1)
+
+
+def test_save_load_roundtrip_links_unchanged_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import train.replay as R
+
+    monkeypatch.setattr(R, "CHUNK_SLOTS", 8)
+    replay = FrameReplay(64, (3, 2, 2), np.uint8, action_dim=1)
+    _fill(replay, [20])
+    replay.save(tmp_path / "a")
+    _fill(replay, [3])  # touches only the last chunk(s)
+    replay.save(tmp_path / "b", previous=tmp_path / "a")
+    assert (tmp_path / "b" / "chunk00000.npz").stat().st_nlink == 2  # hard-linked, not rewritten
+    restored = FrameReplay(64, (3, 2, 2), np.uint8, action_dim=1)
+    restored.load(tmp_path / "b")
+    assert restored.total == replay.total
+    for name in ("obs", "action", "reward", "discount", "step"):
+        assert np.array_equal(getattr(restored, name), getattr(replay, name))
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    assert np.array_equal(replay.sample(32, rng_a, 3)["obs"], restored.sample(32, rng_b, 3)["obs"])

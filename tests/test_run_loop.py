@@ -1,0 +1,501 @@
+"""`sacae run`: decisions every K frames on decision-time frames only, held actions, pacing on a
+fake clock, the JSON-lines schema, area resize, sources, CLI errors, and dmc parity with training."""
+
+from __future__ import annotations
+
+import collections
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from tests.conftest import sacae
+from sacae_deploy.run_loop import JsonLines, RunError, run_loop
+from sacae_deploy.sources import (AreaResize, DMCSource, FrameError, FrameSource, ImagesSource, SourceError,
+                                  VideoSource, open_source)
+
+DT = 0.01
+
+
+def frame_of(index: int, size: int = 8) -> np.ndarray:
+    """A frame that encodes its index: R = index % 256, G = index // 256 (survives area resizing)."""
+    frame = np.zeros((size, size, 3), np.uint8)
+    frame[..., 0], frame[..., 1] = index % 256, index // 256
+    return frame
+
+
+def index_of(frame: np.ndarray) -> int:
+    return int(frame[0, 0, 0]) + 256 * int(frame[0, 0, 1])
+
+
+class FakePolicy:
+    """The Policy interface with a 3-frame stack of frame indices; acts [index, -index]."""
+
+    def __init__(self, action_repeat: int = 4, image_size: int = 8, cost: dict[int, float] | None = None,
+                 clock: "FakeClock | None" = None) -> None:
+        self.action_repeat, self.image_size, self.control_timestep = action_repeat, image_size, DT
+        self.action_dim, self.algo, self.env, self.device = 2, "sac-ae", "cartpole-swingup", "cpu"
+        self.metadata: dict[str, str] = {}
+        self.seen: list[int] = []
+        self.stacks: list[tuple[int, ...]] = []
+        self.resets = 0
+        self._stack: collections.deque[int] = collections.deque(maxlen=3)
+        self._cost, self._clock = cost or {}, clock
+
+    def reset(self) -> None:
+        self.resets += 1
+        self._stack.clear()
+
+    def act(self, frame: np.ndarray) -> np.ndarray:
+        assert frame.shape == (self.image_size, self.image_size, 3) and frame.dtype == np.uint8
+        index = index_of(frame)
+        self._stack.extend([index] * (3 - len(self._stack)) if not self._stack else [index])
+        self.seen.append(index)
+        self.stacks.append(tuple(self._stack))
+        if self._clock is not None:
+            self._clock.now += self._cost.get(index, 0.2 * DT)
+        return np.array([index, -index], np.float32)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class Episodes(FrameSource):
+    """An episodic source like the simulated camera: `length` frames per episode, reward 1 per step."""
+
+    episodic = True
+
+    def __init__(self, episodes: int, length: int) -> None:
+        self.n_episodes, self.length = episodes, length
+        self.episode_returns: list[float] = []
+        self.applied: list[np.ndarray] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for ep in range(self.n_episodes):
+            self.episode = ep
+            for t in range(self.length):
+                yield frame_of(t)
+
+    def apply(self, action: np.ndarray) -> float:
+        self.applied.append(action)
+        if len(self.applied) % self.length == 0:
+            self.episode_returns.append(float(self.length))
+        return 1.0
+
+
+# ------------------------------------------------------------------------------------ action repeat
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_policy_sees_only_decision_frames_and_actions_are_held(k: int) -> None:
+    policy, lines = FakePolicy(action_repeat=k), []
+    summary = run_loop(policy, (frame_of(i) for i in range(20)), on_frame=lines.append)
+    decisions = list(range(0, 20, k))
+    assert policy.seen == decisions  # frames 0, K, 2K, ... and nothing else
+    assert policy.resets == 1
+    for stack in policy.stacks[2:]:
+        assert stack[1] - stack[0] == k and stack[2] - stack[1] == k  # the stack holds frames K apart
+    assert policy.stacks[0] == (0, 0, 0)  # first frame repeated at reset
+    for line in lines:
+        i = line["frame"]
+        assert line["decision"] == (i % k == 0) and line["held"] == (i % k != 0)
+        assert line["action"] == [float(i - i % k), -float(i - i % k)]  # held for K frames
+    assert summary.frames == 20 and summary.decisions == len(decisions) and summary.action_repeat == k
+
+
+def test_action_repeat_override_and_max_frames() -> None:
+    policy = FakePolicy(action_repeat=8)
+    summary = run_loop(policy, (frame_of(i) for i in range(100)), action_repeat=2, max_frames=9)
+    assert policy.seen == [0, 2, 4, 6, 8] and summary.frames == 9 and summary.action_repeat == 2
+
+
+def test_episodes_reset_the_policy_and_report_returns() -> None:
+    policy, source, lines, ended = FakePolicy(action_repeat=4), Episodes(episodes=2, length=10), [], []
+    summary = run_loop(policy, source, on_frame=lines.append, on_episode_end=lambda e, r: ended.append((e, r)))
+    assert policy.resets == 2
+    assert policy.seen == [0, 4, 8, 0, 4, 8]  # decisions restart at each episode's first frame
+    assert policy.stacks[3] == (0, 0, 0)  # the stack restarts too
+    assert [ln["step"] for ln in lines] == list(range(10)) * 2
+    assert [ln["episode"] for ln in lines] == [0] * 10 + [1] * 10
+    assert all(ln["reward"] == 1.0 for ln in lines)
+    assert [float(a[0]) for a in source.applied[:10]] == [0, 0, 0, 0, 4, 4, 4, 4, 8, 8]
+    assert ended == [(0, 10.0), (1, 10.0)] and summary.episode_returns == [10.0, 10.0]
+    assert summary.partial_return is None
+
+
+def test_partial_episode_is_reported_separately() -> None:
+    summary = run_loop(FakePolicy(), Episodes(episodes=2, length=10), max_frames=14)
+    assert summary.episode_returns == [10.0] and summary.partial_return == 4.0
+
+
+# ------------------------------------------------------------------------------------ pacing
+class Paced(FrameSource):
+    """Records the clock time at which each frame was asked for."""
+
+    def __init__(self, clock: FakeClock, n: int) -> None:
+        self.clock, self.n, self.released = clock, n, []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(self.n):
+            self.released.append(self.clock())
+            yield frame_of(i)
+
+
+def test_realtime_counts_overruns_and_never_bursts() -> None:
+    clock = FakeClock()
+    # frame 4 (a decision) takes 2.5 control steps; everything else 0.2 of one
+    policy = FakePolicy(action_repeat=2, cost={4: 2.5 * DT}, clock=clock)
+    source, lines = Paced(clock, 10), []
+    summary = run_loop(policy, source, realtime=True, on_frame=lines.append, clock=clock, sleep=clock.sleep)
+    t0 = source.released[0]
+    slots = [round((t - t0) / DT, 6) for t in source.released]
+    # frame 4 starts at slot 4, ends at 6.5: slots 5 and 6 are skipped, no frame is
+    assert slots == [0, 1, 2, 3, 4, 7, 8, 9, 10, 11]
+    assert min(np.diff(source.released)) >= DT - 1e-12  # never two frames less than dt apart
+    assert summary.frames == 10 and summary.overruns == 1 and summary.late_decisions == 1
+    # the late decision keeps the held action on its own frame; its action takes effect on the next
+    assert lines[4]["decision"] and lines[4]["held"] and lines[4]["late"] and lines[4]["action"] == [2.0, -2.0]
+    assert not lines[5]["decision"] and lines[5]["action"] == [4.0, -4.0]
+    assert lines[6]["action"] == [6.0, -6.0] and not lines[6]["late"]
+    assert all(s > 0 for s in clock.sleeps)
+
+
+def test_realtime_slow_source_counts_every_frame_late_without_catching_up() -> None:
+    clock = FakeClock()
+
+    def slow() -> Iterator[np.ndarray]:
+        for i in range(6):
+            clock.now += 1.5 * DT  # the source itself takes longer than a control step
+            yield frame_of(i)
+
+    summary = run_loop(FakePolicy(action_repeat=1, clock=clock, cost={i: 0.0 for i in range(6)}), slow(),
+                       realtime=True, clock=clock, sleep=clock.sleep)
+    assert summary.frames == 6 and summary.overruns == 5  # frame 0 was fetched before the clock started
+    assert summary.rate_hz < 1.0 / DT
+
+
+def test_realtime_on_time_run_keeps_the_grid() -> None:
+    clock = FakeClock()
+    source = Paced(clock, 50)
+    summary = run_loop(FakePolicy(action_repeat=4, clock=clock), source, realtime=True, clock=clock, sleep=clock.sleep)
+    assert summary.overruns == 0 and summary.late_decisions == 0
+    assert np.allclose(np.diff(source.released), DT)
+    assert summary.rate_hz == pytest.approx(1.0 / DT, rel=0.05)
+
+
+# ------------------------------------------------------------------------------------ outputs
+def test_jsonl_schema(tmp_path: Path) -> None:
+    out = tmp_path / "run.jsonl"
+    writer = JsonLines(out)
+    run_loop(FakePolicy(action_repeat=2), (frame_of(i) for i in range(5)), on_frame=writer)
+    writer.close()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["frame"] for r in rows] == [0, 1, 2, 3, 4]
+    for r in rows:
+        assert set(r) == {"frame", "decision", "held", "action", "latency_ms"}
+        assert isinstance(r["action"], list) and all(isinstance(a, float) for a in r["action"])
+        if r["decision"]:
+            assert isinstance(r["latency_ms"], float) and r["latency_ms"] >= 0 and not r["held"]
+        else:
+            assert r["latency_ms"] is None and r["held"]
+    clock, lines = FakeClock(), []
+    run_loop(FakePolicy(clock=clock), Episodes(1, 4), realtime=True, on_frame=lines.append, clock=clock, sleep=clock.sleep)
+    assert set(lines[0]) == {"frame", "decision", "held", "action", "latency_ms", "episode", "step", "reward", "late"}
+
+
+def test_ctrl_c_ends_the_run_with_a_summary() -> None:
+    def stream() -> Iterator[np.ndarray]:
+        yield from (frame_of(i) for i in range(3))
+        raise KeyboardInterrupt
+
+    summary = run_loop(FakePolicy(action_repeat=2), stream())
+    assert summary.interrupted and summary.frames == 3 and summary.decisions == 2
+
+
+def test_empty_source_is_an_error() -> None:
+    with pytest.raises(RunError, match="no frames"):
+        run_loop(FakePolicy(), [])
+
+
+def test_summary_fields() -> None:
+    summary = run_loop(FakePolicy(action_repeat=1), (frame_of(i) for i in range(30)))
+    d = summary.to_dict()
+    assert set(d["latency_ms"]) == {"p50", "p95", "p99", "max", "mean"}
+    assert d["frames"] == d["decisions"] == 30 and d["rate_hz"] > 0 and d["overruns"] == 0
+    json.dumps(d)
+
+
+# ------------------------------------------------------------------------------------ frames & resize
+def reference_area(img: np.ndarray, n: int) -> np.ndarray:
+    """Exact area average: repeat every pixel n times per axis, then take in-size blocks."""
+    h, w, _ = img.shape
+    up = np.repeat(np.repeat(img.astype(np.float64), n, 0), n, 1)
+    return up.reshape(n, h, n, w, 3).mean(axis=(1, 3))
+
+
+def test_area_resize_integer_factor_is_block_mean() -> None:
+    img = np.random.default_rng(0).integers(0, 256, (168, 252, 3), dtype=np.uint8)
+    out = AreaResize(84)(img)
+    blocks = img.reshape(84, 2, 84, 3, 3).astype(np.float64).mean(axis=(1, 3))
+    assert out.dtype == np.uint8 and out.shape == (84, 84, 3)
+    assert np.array_equal(out, np.floor(blocks + 0.5).astype(np.uint8))
+
+
+@pytest.mark.parametrize("shape, size", [((23, 17), 12), ((12, 13), 12), ((5, 7), 12), ((40, 25), 7)])
+def test_area_resize_matches_exact_area_average(shape: tuple[int, int], size: int) -> None:
+    img = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    resize = AreaResize(size)
+    out = resize(img)
+    assert out.shape == (size, size, 3) and out.dtype == np.uint8
+    assert np.abs(out - reference_area(img, size)).max() <= 0.5 + 1e-4  # exact up to rounding
+    assert np.array_equal(resize(img), out) and len(resize._plans) == 1  # plan cached per input size
+
+
+@pytest.mark.parametrize("shape", [(100, 130), (480, 640), (85, 84), (60, 50)])
+def test_area_resize_general_factor_keeps_mean_intensity(shape: tuple[int, int]) -> None:
+    img = np.random.default_rng(2).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    out = AreaResize(84)(img)
+    assert out.shape == (84, 84, 3) and abs(out.mean() - img.mean()) < 0.05
+    assert np.all(AreaResize(84)(np.full((*shape, 3), 77, np.uint8)) == 77)
+
+
+def test_area_resize_same_size_is_free() -> None:
+    img = frame_of(3, 84)
+    assert AreaResize(84)(img) is img
+
+
+def test_large_frames_are_resized_before_the_policy() -> None:
+    policy = FakePolicy(action_repeat=1, image_size=8)
+    run_loop(policy, (frame_of(i, 24) for i in range(3)))
+    assert policy.seen == [0, 1, 2]
+
+
+@pytest.mark.parametrize("bad, words", [
+    (np.zeros((8, 8, 3), np.float32), "float32"),
+    (np.zeros((8, 8), np.uint8), "(8, 8)"),
+    (np.zeros((8, 8, 4), np.uint8), "(8, 8, 4)"),
+    ([[0, 0, 0]], "list"),
+])
+def test_bad_frames_are_one_line_errors(bad: Any, words: str) -> None:
+    with pytest.raises(FrameError) as err:
+        run_loop(FakePolicy(), [frame_of(0), bad])
+    message = str(err.value)
+    assert "\n" not in message and words in message and message.startswith("frame 1:")
+
+
+def test_bad_action_repeat() -> None:
+    with pytest.raises(RunError):
+        run_loop(FakePolicy(), [frame_of(0)], action_repeat=0)
+
+
+# ------------------------------------------------------------------------------------ sources
+def write_video(path: Path, n: int, size: int = 16, fps: float = 50.0) -> None:
+    from sacae_deploy.video import write_video as write
+
+    write(path, (frame_of(i * 10, size) for i in range(n)), fps=fps)
+
+
+def test_video_source_streams_frames(tmp_path: Path) -> None:
+    path = tmp_path / "clip.mp4"
+    write_video(path, 12)
+    with VideoSource(path) as source:
+        frames = list(source)
+        assert source.fps == 50.0
+    assert len(frames) == 12 and frames[0].shape == (16, 16, 3) and frames[0].dtype == np.uint8
+    assert abs(int(frames[5][8, 8, 0]) - 50) <= 3  # lossy codec, right frame
+
+
+def test_source_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "junk.mp4").write_text("not a video")
+    cases = [f"video:{tmp_path / 'missing.mp4'}", f"video:{tmp_path / 'junk.mp4'}", f"images:{tmp_path / 'none'}",
+             f"images:{tmp_path}", "webcam:0", "video:"]
+    for spec in cases:
+        with pytest.raises(SourceError) as err:
+            open_source(spec, image_size=8)
+        assert "\n" not in str(err.value)
+    with pytest.raises(SourceError, match="dmc sources only"):
+        open_source(f"video:{tmp_path / 'junk.mp4'}", image_size=8, episodes=2)
+
+
+def test_camera_without_opencv_or_device_is_a_clear_error() -> None:
+    with pytest.raises(SourceError, match="OpenCV|camera 97"):
+        open_source("camera:97", image_size=8)
+
+
+def test_images_source_natural_order(tmp_path: Path) -> None:
+    import imageio.v3 as iio
+
+    for i in (10, 2, 1):
+        iio.imwrite(tmp_path / f"f{i}.png", frame_of(i, 12))
+    rgba = np.concatenate([frame_of(30, 12), np.full((12, 12, 1), 255, np.uint8)], axis=2)
+    iio.imwrite(tmp_path / "f30.png", rgba)
+    (tmp_path / "notes.txt").write_text("ignored")
+    policy = FakePolicy(action_repeat=1)
+    with ImagesSource(tmp_path) as source:
+        run_loop(policy, source)
+    assert policy.seen == [1, 2, 10, 30]
+
+
+def test_dmc_source_holds_actions_and_counts_rewards() -> None:
+    class Constant(FakePolicy):
+        def act(self, frame: np.ndarray) -> np.ndarray:
+            assert frame.shape == (16, 16, 3)
+            self.seen.append(len(self.seen))
+            return np.array([0.5], np.float32)
+
+    policy, lines = Constant(action_repeat=4, image_size=16), []
+    with DMCSource("cartpole-swingup", 16, seed=3, episodes=2, episode_length=8) as source:
+        summary = run_loop(policy, source, on_frame=lines.append)
+    assert summary.frames == 16 and summary.decisions == 4 and policy.resets == 2
+    assert [ln["episode"] for ln in lines] == [0] * 8 + [1] * 8
+    assert summary.episode_returns == pytest.approx([sum(ln["reward"] for ln in lines[:8]),
+                                                     sum(ln["reward"] for ln in lines[8:])])
+
+
+# ------------------------------------------------------------------------------------ torch-free & CLI
+def test_runtime_imports_no_torch_or_dm_control() -> None:
+    code = ("import sys, sacae_deploy.cli, sacae_deploy.run_loop, sacae_deploy.sources, sacae_deploy.commands.run\n"
+            "bad = [m for m in ('torch', 'dm_control', 'mujoco') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_missing_model_is_one_line_exit_2(tmp_path: Path) -> None:
+    proc = sacae("run", str(tmp_path / "missing.onnx"), "--source", "dmc")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "missing.onnx" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------ with a real exported policy
+def _exporter_ready() -> bool:
+    try:
+        import export  # noqa: F401
+        import sacae_deploy.policy  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(export, "export_agent")
+
+
+needs_export = pytest.mark.skipif(not _exporter_ready(), reason="needs export.export_agent and sacae_deploy.policy")
+ENV, SIZE, K = "cartpole-swingup", 32, 8
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
+    """An untrained smoke-size SAC+AE agent exported to ONNX (a fixed random policy: parity, not skill)."""
+    import torch
+
+    from export import export_agent
+    from export.metadata import env_facts
+    from train.config import resolve
+    from train.sac import SacAgent
+
+    torch.manual_seed(0)
+    cfg = resolve("sac-ae", "smoke", env=ENV, image_size=SIZE, action_repeat=K, channels_last=False)
+    agent = SacAgent(cfg, (9, SIZE, SIZE), 1, torch.device("cpu"))
+    agent.train_mode(False)
+    path = tmp_path_factory.mktemp("policy") / "policy.onnx"
+    export_agent(agent, cfg, env_facts(cfg), path)
+    return cfg, agent, path
+
+
+class OnnxAgent:
+    """The training code's Agent protocol over the ONNX Policy, fed the newest frame of the env's
+    stack (the Policy keeps its own stack), so both sides run identical numerics."""
+
+    def __init__(self, path: Path) -> None:
+        from sacae_deploy.policy import Policy
+
+        self.policy = Policy.load(path, device="cpu", threads=1)
+
+    def episode_policy(self, mean: bool) -> "OnnxAgent":
+        return self
+
+    def reset(self, obs: np.ndarray) -> None:
+        self.policy.reset()
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.policy.act(np.ascontiguousarray(obs[-3:].transpose(1, 2, 0)))
+
+
+def training_returns(path: Path, cfg: Any, seed: int, episodes: int, length: int) -> list[float]:
+    """train.workspace.evaluate on the training env stack: ActionRepeat + FrameStack."""
+    from train.envs import make_env
+    from train.workspace import evaluate
+
+    env = make_env(ENV, seed, pixels=True, action_repeat=K, image_size=SIZE, frame_stack=3, episode_length=length)
+    try:
+        return evaluate(OnnxAgent(path), env, cfg, episodes=episodes, first_seed=seed)
+    finally:
+        env.close()
+
+
+@needs_export
+def test_dmc_returns_match_training_evaluation(tiny_policy: tuple[Any, Any, Path]) -> None:
+    """Same policy and seed: the run loop on the simulated camera (a frame every control step, a
+    decision every K) gives exactly the returns of the training code's evaluation, over episodes."""
+    from sacae_deploy.policy import Policy
+
+    cfg, _, path = tiny_policy
+    expected = training_returns(path, cfg, seed=5, episodes=2, length=48)
+    with DMCSource(ENV, SIZE, seed=5, episodes=2, episode_length=48) as source:
+        summary = run_loop(Policy.load(path, device="cpu", threads=1), source)
+    assert summary.decisions == 2 * 48 // K
+    assert summary.episode_returns == pytest.approx(expected, abs=1e-9)
+
+
+@needs_export
+def test_cli_dmc_return_matches_training_evaluation(tiny_policy: tuple[Any, Any, Path], tmp_path: Path) -> None:
+    """The same through `sacae run` (1000-step episodes, cut by --max-frames to keep it fast)."""
+    cfg, _, path = tiny_policy
+    expected = training_returns(path, cfg, seed=7, episodes=1, length=64)
+    summary_path = tmp_path / "summary.json"
+    sacae("run", str(path), "--source", "dmc", "--seed", "7", "--max-frames", "64", "--threads", "1",
+          "--device", "cpu", "--summary-json", str(summary_path), check=True)
+    got = json.loads(summary_path.read_text())
+    assert got["frames"] == 64 and got["decisions"] == 64 // K and got["episode_returns"] == []
+    assert got["partial_return"] == pytest.approx(expected[0], abs=1e-9)
+
+
+@needs_export
+def test_cli_video_jsonl_and_record(tiny_policy: tuple[Any, Any, Path], tmp_path: Path) -> None:
+    _, _, path = tiny_policy
+    video = tmp_path / "in.mp4"
+    write_video(video, 20, size=48)
+    proc = sacae("run", str(path), "--source", f"video:{video}", "--jsonl", "-", "--action-repeat", "4",
+                 "--record", str(tmp_path / "rec.mp4"), check=True)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["frame"] for r in rows] == list(range(20))
+    assert [r["frame"] for r in rows if r["decision"]] == [0, 4, 8, 12, 16]
+    assert all(len(r["action"]) == 1 and -1.0 <= r["action"][0] <= 1.0 for r in rows)
+    with VideoSource(tmp_path / "rec.mp4") as reader:
+        recorded = list(reader)
+    assert len(recorded) == 20 and recorded[0].shape == (48, 48, 3)
+
+
+@needs_export
+@pytest.mark.parametrize("case", ["corrupt_model", "bad_video", "no_camera"])
+def test_cli_bad_inputs_are_one_line_exit_2(case: str, tiny_policy: tuple[Any, Any, Path], tmp_path: Path) -> None:
+    _, _, path = tiny_policy
+    model, source = str(path), f"video:{tmp_path / 'missing.mp4'}"
+    if case == "corrupt_model":
+        model = str(tmp_path / "corrupt.onnx")
+        Path(model).write_bytes(b"\x08\x07garbage" * 10)
+    elif case == "no_camera":
+        source = "camera:97"
+    proc = sacae("run", model, "--source", source)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr

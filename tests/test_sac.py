@@ -1,0 +1,128 @@
+"""SAC+AE gradient routing and update rates (appendix B): who moves the shared conv trunk, and how fast
+the targets follow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from train import config as C
+from train.replay import FrameReplay
+from train.sac import SacAgent, reconstruction_target
+
+
+def _agent(algo: str = "sac-ae", **kw: object) -> tuple[SacAgent, FrameReplay]:
+    cfg = C.resolve(algo, "smoke", **kw)
+    pixels = algo != "sac-state"
+    shape = (3, cfg.image_size, cfg.image_size) if pixels else (5,)
+    torch.manual_seed(0)
+    agent = SacAgent(cfg, (9, cfg.image_size, cfg.image_size) if pixels else shape, 1, torch.device("cpu"))
+    replay = FrameReplay(200, shape, np.uint8 if pixels else np.float32, 1)
+    rng = np.random.default_rng(0)
+    for ep in range(3):
+        replay.add_first(rng.integers(0, 255, shape).astype(replay.obs_dtype))
+        for _ in range(30):
+            replay.add(rng.integers(0, 255, shape).astype(replay.obs_dtype), rng.uniform(-1, 1, 1).astype(np.float32),
+                       float(rng.uniform()), 1.0)
+    return agent, replay
+
+
+def _batch(agent: SacAgent, replay: FrameReplay) -> tuple[torch.Tensor, ...]:
+    b = replay.sample(agent.cfg.batch_size, np.random.default_rng(1), stack=3)
+    return (agent._obs(b["obs"]), torch.as_tensor(b["action"]), torch.as_tensor(b["reward"])[:, None],
+            torch.as_tensor(b["discount"])[:, None] * 0.99, agent._obs(b["next_obs"]))
+
+
+def _clone(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+
+
+def test_actor_and_critic_share_the_trunk_but_not_the_head() -> None:
+    agent, _ = _agent()
+    assert agent.actor.encoder.trunk is agent.critic.encoder.trunk
+    assert agent.actor.encoder.fc is not agent.critic.encoder.fc
+    assert agent.critic_target.encoder.trunk is not agent.critic.encoder.trunk
+
+
+def test_actor_loss_leaves_conv_weights_unchanged() -> None:
+    agent, replay = _agent()
+    obs = _batch(agent, replay)[0]
+    trunk, head = _clone(agent.critic.encoder.trunk), _clone(agent.actor.encoder.fc)
+    critic_heads = _clone(agent.critic.q1)
+    agent.update_actor_and_alpha(obs, None)
+    assert not _changed(trunk, agent.critic.encoder.trunk)
+    assert _changed(head, agent.actor.encoder.fc)  # the actor trains its own fc
+    assert not _changed(critic_heads, agent.critic.q1)
+
+
+def test_critic_and_decoder_losses_move_the_trunk() -> None:
+    agent, replay = _agent()
+    obs, action, reward, discount, next_obs = _batch(agent, replay)
+    trunk = _clone(agent.critic.encoder.trunk)
+    agent.update_critic(obs, action, reward, discount, next_obs)
+    assert _changed(trunk, agent.critic.encoder.trunk)
+    trunk, dec = _clone(agent.critic.encoder.trunk), _clone(agent.decoder)
+    agent.update_decoder(obs, agent.critic.encoder.trunk(obs))
+    assert _changed(trunk, agent.critic.encoder.trunk) and _changed(dec, agent.decoder)
+
+
+def test_reused_trunk_pass_gives_the_same_actor_update() -> None:
+    """The actor may reuse the decoder's trunk pass: the result is identical to a fresh pass."""
+    a, replay = _agent()
+    b, _ = _agent()
+    obs = _batch(a, replay)[0]
+    torch.manual_seed(5)
+    a.update_actor_and_alpha(obs, a.critic.encoder.trunk(obs))
+    torch.manual_seed(5)
+    b.update_actor_and_alpha(obs, None)
+    for pa, pb in zip(a.actor.parameters(), b.actor.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_targets_follow_at_their_own_rates() -> None:
+    agent, replay = _agent("sac-pixel", critic_target_update_freq=1, actor_update_freq=100)  # no decoder step after
+    q_before, enc_before = _clone(agent.critic_target.q1), _clone(agent.critic_target.encoder)
+    agent.update(replay, np.random.default_rng(0), step=1)
+    for old, src, tgt in zip(q_before, agent.critic.q1.parameters(), agent.critic_target.q1.parameters()):
+        assert torch.allclose(tgt, 0.99 * old + 0.01 * src, atol=1e-6)  # tau_Q = 0.01
+    for old, src, tgt in zip(enc_before, agent.critic.encoder.parameters(), agent.critic_target.encoder.parameters()):
+        assert torch.allclose(tgt, 0.95 * old + 0.05 * src, atol=1e-6)  # tau_enc = 0.05
+
+
+def test_actor_update_frequency_and_alpha() -> None:
+    agent, replay = _agent()
+    rng = np.random.default_rng(0)
+    assert "actor_loss" not in agent.update(replay, rng, step=1)  # odd step: critic (+ decoder) only
+    m = agent.update(replay, rng, step=2)
+    assert {"actor_loss", "alpha", "ae_loss"} <= m.keys()
+    assert float(m["alpha"]) == pytest.approx(0.1, rel=1e-2)  # init temperature 0.1, lr 1e-4
+
+
+def test_sac_pixel_has_no_decoder_and_sac_state_no_conv() -> None:
+    pixel, replay = _agent("sac-pixel")
+    assert pixel.decoder is None and "ae_loss" not in pixel.update(replay, np.random.default_rng(0), 2)
+    state, sreplay = _agent("sac-state")
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in state.critic.modules())
+    metrics = state.update(sreplay, np.random.default_rng(0), 2)
+    assert np.isfinite(float(metrics["critic_loss"]))
+
+
+def test_reconstruction_target_is_5_bit() -> None:
+    obs = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    t = reconstruction_target(obs, 5)
+    assert t.min() >= -0.5 and t.max() < 0.5
+    levels = torch.floor((t + 0.5) * 32)
+    assert torch.equal(levels.flatten(), (torch.arange(256) // 8).float())
+
+
+def test_paper_preset_is_the_paper() -> None:
+    cfg = C.resolve("sac-ae", "paper", env="cheetah-run")
+    assert (cfg.batch_size, cfg.hidden_dim, cfg.feature_dim, cfg.critic_tau, cfg.encoder_tau) == (128, 1024, 50, 0.01, 0.05)
+    assert (cfg.init_temperature, cfg.alpha_lr, cfg.alpha_beta, cfg.replay_capacity) == (0.1, 1e-4, 0.5, 1_000_000)
+    assert (cfg.decoder_latent_lambda, cfg.decoder_weight_lambda, cfg.action_repeat) == (1e-6, 1e-7, 4)
+    assert C.resolve("sac-ae", "paper", env="cartpole-swingup").action_repeat == 8
