@@ -7,10 +7,13 @@ BallDistractor simulates and draws the balls; composite.py turns a MuJoCo segmen
 from .balls import DEFAULT_PALETTE, BallDistractor, BallOptions
 from .composite import (
     DistractorCompositor,
+    DISTRACTORS,
+    SimulatedBackground,
     background_mask_from_segmentation,
     colour_key_mask,
     composite,
     floor_geom_ids,
+    make_background,
     render_with_distractor,
 )
 
@@ -19,6 +22,9 @@ __all__ = [
     "BallDistractor",
     "BallOptions",
     "DistractorCompositor",
+    "SimulatedBackground",
+    "DISTRACTORS",
+    "make_background",
     "background_mask_from_segmentation",
     "colour_key_mask",
     "composite",

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .balls import BallDistractor
+from .balls import BallDistractor, BallOptions
 
 # mujoco.mjtObj.mjOBJ_GEOM: the object type MuJoCo writes in a segmentation render's second
 # channel for geom pixels. Kept as a constant so this module needs no mujoco import.
@@ -121,3 +121,49 @@ def render_with_distractor(physics: Any, size: int | tuple[int, int], camera_id:
     seg = physics.render(height, width, camera_id=camera_id, segmentation=True)
     floors = floor_geom_ids(physics) if include_floor else ()
     return compositor(rgb, seg, floors)
+
+
+DISTRACTORS = ("none", "balls")
+
+
+class SimulatedBackground:
+    """A frame renderer for dm_control environments (train.envs.PixelObservation's `render` hook):
+    one RGB and one segmentation render, moving balls pasted where no geom is seen.
+
+    `reset(seed)` is called at every episode start, so each episode gets its own ball layout,
+    reproducible from the episode's seed (a resumed run sees the balls it would have seen).
+    `frames_per_step` keeps the balls' real-time speed when a camera renders every control step
+    instead of once per agent step (training): speeds are divided by it, and since collisions
+    are elastic the balls follow the same paths, only slower per frame.
+    """
+
+    def __init__(self, seed: int = 0, include_floor: bool = False, frames_per_step: int = 1,
+                 **options: Any) -> None:
+        if frames_per_step < 1:
+            raise ValueError(f"frames_per_step must be >= 1, got {frames_per_step}")
+        if frames_per_step > 1:
+            low, high = options.get("speed_range", BallOptions.speed_range)
+            options["speed_range"] = (low / frames_per_step, high / frames_per_step)
+        self.seed, self.include_floor, self.options = seed, include_floor, options
+        self._compositor: DistractorCompositor | None = None
+        self._pending_seed: int | None = seed
+
+    def reset(self, seed: int | None = None) -> None:
+        if self._compositor is None:
+            self._pending_seed = self.seed if seed is None else seed
+        else:
+            self._compositor.reset(seed)
+
+    def __call__(self, env: Any, size: int) -> np.ndarray:
+        if self._compositor is None or self._compositor.distractor.height != size:
+            self._compositor = DistractorCompositor(size, size, seed=self._pending_seed, **self.options)
+        return render_with_distractor(env.physics, size, env.camera_id, self._compositor, self.include_floor)
+
+
+def make_background(name: str, seed: int = 0, frames_per_step: int = 1) -> SimulatedBackground | None:
+    """The renderer for a `--distractors` choice: None keeps the task's own background."""
+    if name not in DISTRACTORS:
+        raise ValueError(f"distractors must be one of {', '.join(DISTRACTORS)}, got {name!r}")
+    if name == "none":
+        return None
+    return SimulatedBackground(seed=seed, frames_per_step=frames_per_step)

@@ -168,14 +168,20 @@ class DMCSource(FrameSource):
     PixelObservation(DMCEnv) without ActionRepeat renders after every physics step, as a real camera
     would; holding actions is the loop's job. Episode e starts from `reset(seed + e)` on a DMCEnv
     built with `seed`, the seeding the training code's `evaluate(..., first_seed=seed)` uses, so the
-    same policy and seed give the same returns in both.
+    same policy and seed give the same returns in both. `distractors="balls"` paints moving balls
+    behind the robot (episode e's balls seeded like its physics); `frames_per_step` (the action
+    repeat) slows them per frame so they move as fast per decision as they did in training.
     """
 
     episodic = True
 
     def __init__(self, env: str, image_size: int, seed: int = 0, episodes: int = 1, episode_length: int = 1000,
-                 camera_id: int = 0) -> None:
+                 camera_id: int = 0, distractors: str = "none", frames_per_step: int = 1) -> None:
+        from distractors import DISTRACTORS, make_background
         from train.envs import DMCEnv, PixelObservation  # numpy + dm_control only; never torch
+
+        if distractors not in DISTRACTORS:
+            raise SourceError(f"distractors must be one of {', '.join(DISTRACTORS)}, got {distractors!r}")
 
         if episodes < 1:
             raise SourceError(f"--episodes must be at least 1, got {episodes}")
@@ -184,7 +190,7 @@ class DMCSource(FrameSource):
         except ModuleNotFoundError as exc:
             raise SourceError(f"dmc sources need dm_control ({exc.name} is missing): "
                               "pip install 'sacae-deploy[train]'") from None
-        self._env = PixelObservation(sim, image_size)
+        self._env = PixelObservation(sim, image_size, make_background(distractors, seed, frames_per_step))
         self.env_name = env
         self.seed, self.episodes = seed, episodes
         self.action_dim = sim.action_dim
@@ -317,10 +323,12 @@ class CameraSource(FrameSource):
 
 
 def open_source(spec: str | FrameSource | Iterable[np.ndarray], *, image_size: int, default_env: str | None = None,
-                seed: int | None = None, episodes: int | None = None, camera_id: int = 0) -> FrameSource:
+                seed: int | None = None, episodes: int | None = None, camera_id: int = 0,
+                distractors: str = "none", frames_per_step: int = 1) -> FrameSource:
     """Build a source from `dmc:DOMAIN-TASK`, `video:PATH`, `images:DIR`, `camera:INDEX`, a
     FrameSource, or any iterable of frames. `dmc` alone means the policy's own task; `camera_id` is
-    the dm_control camera the policy was trained on."""
+    the dm_control camera the policy was trained on; `distractors` and `frames_per_step` (see
+    DMCSource) apply to dmc only."""
     if isinstance(spec, FrameSource):
         return spec
     if not isinstance(spec, str):
@@ -328,13 +336,14 @@ def open_source(spec: str | FrameSource | Iterable[np.ndarray], *, image_size: i
     scheme, _, arg = spec.partition(":")
     if scheme not in SCHEMES:
         raise SourceError(f"source {spec!r}: expected one of dmc:DOMAIN-TASK, video:PATH, images:DIR, camera:INDEX")
-    if scheme != "dmc" and (seed is not None or episodes is not None):
-        raise SourceError("--seed and --episodes apply to dmc sources only")
+    if scheme != "dmc" and (seed is not None or episodes is not None or distractors != "none"):
+        raise SourceError("--seed, --episodes and --distractors apply to dmc sources only")
     if scheme == "dmc":
         env = arg or default_env
         if not env:
             raise SourceError("source 'dmc': name the task, e.g. dmc:cartpole-swingup")
-        return DMCSource(env, image_size, seed=0 if seed is None else seed, episodes=episodes or 1, camera_id=camera_id)
+        return DMCSource(env, image_size, seed=0 if seed is None else seed, episodes=episodes or 1, camera_id=camera_id,
+                         distractors=distractors, frames_per_step=frames_per_step)
     if not arg:
         raise SourceError(f"source {spec!r}: missing the {scheme} after '{scheme}:'")
     if scheme == "video":

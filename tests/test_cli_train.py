@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SACAE, sacae
+from helpers import SACAE, sacae
 
 SMOKE = ["--algo", "sac-ae", "--env", "cartpole-swingup", "--preset", "smoke"]
 
@@ -59,13 +59,16 @@ def test_resume_after_kill_continues_the_counters(run_dir: Path) -> None:
     assert state["episode"] == (killed_at + 400) // 200
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
-    """Episode seeds, RNG states and replay are checkpointed: resuming changes nothing."""
+@pytest.mark.parametrize("distractors", ["none", "balls"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, distractors: str) -> None:
+    """Episode seeds, RNG states and replay are checkpointed: resuming changes nothing, moving-ball
+    backgrounds included (they are seeded per episode), and no step is evaluated twice."""
     from train import config as C
     from train.workspace import Workspace
 
     def cfg(steps: int) -> C.CommonConfig:
-        return C.resolve("sac-pixel", "smoke", env_steps=steps, checkpoint_every=200, eval_every=400)
+        return C.resolve("sac-pixel", "smoke", env_steps=steps, checkpoint_every=200, eval_every=400,
+                         distractors=distractors)
 
     Workspace(cfg(600), tmp_path / "full").run()
     Workspace(cfg(400), tmp_path / "split").run()
@@ -73,6 +76,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
     full, split = _rows(tmp_path / "full" / "train.csv"), _rows(tmp_path / "split" / "train.csv")
     key = ("env_step", "episode_return", "critic_loss")
     assert [[r[k] for k in key] for r in full] == [[r[k] for k in key] for r in split]
+    evals = [_rows(tmp_path / d / "eval.csv") for d in ("full", "split")]
+    assert [r["env_step"] for r in evals[1]] == ["0", "400", "600"]
+    assert [r["episode_return"] for r in evals[0]] == [r["episode_return"] for r in evals[1]]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -11,6 +11,7 @@ import pytest
 
 from distractors import (
     BallDistractor,
+    BallOptions,
     DistractorCompositor,
     background_mask_from_segmentation,
     colour_key_mask,
@@ -296,3 +297,41 @@ def test_real_dm_control_render() -> None:
         assert np.array_equal(helper[with_floor], compositor.distractor.render()[with_floor])
     finally:
         env.close()
+
+
+def test_training_env_background_is_seeded_per_episode_and_keeps_the_robot() -> None:
+    """--distractors balls in the training stack: episode seeds fix the balls (a resumed run sees the
+    same ones), a new episode gets new balls, and non-background pixels equal the clean render."""
+    pytest.importorskip("dm_control")
+    from distractors import make_background
+    from train.envs import make_env
+
+    def frames(seed: int, background: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        env = make_env("cartpole-swingup", 0, pixels=True, action_repeat=8, image_size=32, frame_stack=1,
+                       render=make_background(background, seed=0))
+        try:
+            first = [env.reset(seed=seed)] + [env.step(np.array([0.5])).obs for _ in range(3)]
+            second = [env.reset(seed=seed + 1)]
+            return first, second
+        finally:
+            env.close()
+
+    a, a_next = frames(7, "balls")
+    b, _ = frames(7, "balls")
+    clean, _ = frames(7, "none")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], a[1])  # the balls move between agent steps
+    assert not np.array_equal(a[0], a_next[0])  # a new episode, new balls
+    for shown, plain in zip(a, clean):
+        changed = np.any(shown != plain, axis=0)
+        assert 0 < changed.mean() < 0.9  # only the background changed
+    with pytest.raises(ValueError, match="distractors"):
+        make_background("fog")
+
+
+def test_frames_per_step_slows_the_balls() -> None:
+    from distractors import SimulatedBackground
+
+    fast, slow = SimulatedBackground(seed=1), SimulatedBackground(seed=1, frames_per_step=4)
+    fast_lo, fast_hi = fast.options.get("speed_range", BallOptions.speed_range)
+    assert slow.options["speed_range"] == pytest.approx((fast_lo / 4, fast_hi / 4))

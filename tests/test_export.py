@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from helpers import SACAE
 from export import ExportError, export_agent, export_run
 from export.graphs import FrameStackPolicy, ToBounds
 from export.metadata import EnvFacts
@@ -29,7 +29,6 @@ from train import checkpoint
 from train import config as TC
 from train.workspace import make_agent
 
-SACAE = [sys.executable, "-m", "sacae_deploy.cli"]
 
 
 @dataclass

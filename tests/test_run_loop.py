@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from tests.conftest import sacae
+from helpers import export_tiny_sac, sacae
 from sacae_deploy.run_loop import JsonLines, RunError, run_loop
 from sacae_deploy.sources import (AreaResize, DMCSource, FrameError, FrameSource, ImagesSource, SourceError,
                                   VideoSource, open_source)
@@ -380,35 +380,13 @@ def test_cli_missing_model_is_one_line_exit_2(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ with a real exported policy
-def _exporter_ready() -> bool:
-    try:
-        import export  # noqa: F401
-        import sacae_deploy.policy  # noqa: F401
-    except ImportError:
-        return False
-    return hasattr(export, "export_agent")
-
-
-needs_export = pytest.mark.skipif(not _exporter_ready(), reason="needs export.export_agent and sacae_deploy.policy")
 ENV, SIZE, K = "cartpole-swingup", 32, 8
 
 
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
-    """An untrained smoke-size SAC+AE agent exported to ONNX (a fixed random policy: parity, not skill)."""
-    import torch
-
-    from export import export_agent
-    from export.metadata import env_facts
-    from train.config import resolve
-    from train.sac import SacAgent
-
-    torch.manual_seed(0)
-    cfg = resolve("sac-ae", "smoke", env=ENV, image_size=SIZE, action_repeat=K, channels_last=False)
-    agent = SacAgent(cfg, (9, SIZE, SIZE), 1, torch.device("cpu"))
-    agent.train_mode(False)
     path = tmp_path_factory.mktemp("policy") / "policy.onnx"
-    export_agent(agent, cfg, env_facts(cfg), path)
+    cfg, agent = export_tiny_sac(path, ENV, SIZE, K)
     return cfg, agent, path
 
 
@@ -443,7 +421,6 @@ def training_returns(path: Path, cfg: Any, seed: int, episodes: int, length: int
         env.close()
 
 
-@needs_export
 def test_dmc_returns_match_training_evaluation(tiny_policy: tuple[Any, Any, Path]) -> None:
     """Same policy and seed: the run loop on the simulated camera (a frame every control step, a
     decision every K) gives exactly the returns of the training code's evaluation, over episodes."""
@@ -457,7 +434,6 @@ def test_dmc_returns_match_training_evaluation(tiny_policy: tuple[Any, Any, Path
     assert summary.episode_returns == pytest.approx(expected, abs=1e-9)
 
 
-@needs_export
 def test_cli_dmc_return_matches_training_evaluation(tiny_policy: tuple[Any, Any, Path], tmp_path: Path) -> None:
     """The same through `sacae run` (1000-step episodes, cut by --max-frames to keep it fast)."""
     cfg, _, path = tiny_policy
@@ -470,7 +446,6 @@ def test_cli_dmc_return_matches_training_evaluation(tiny_policy: tuple[Any, Any,
     assert got["partial_return"] == pytest.approx(expected[0], abs=1e-9)
 
 
-@needs_export
 def test_cli_video_jsonl_and_record(tiny_policy: tuple[Any, Any, Path], tmp_path: Path) -> None:
     _, _, path = tiny_policy
     video = tmp_path / "in.mp4"
@@ -486,7 +461,6 @@ def test_cli_video_jsonl_and_record(tiny_policy: tuple[Any, Any, Path], tmp_path
     assert len(recorded) == 20 and recorded[0].shape == (48, 48, 3)
 
 
-@needs_export
 @pytest.mark.parametrize("case", ["corrupt_model", "bad_video", "no_camera"])
 def test_cli_bad_inputs_are_one_line_exit_2(case: str, tiny_policy: tuple[Any, Any, Path], tmp_path: Path) -> None:
     _, _, path = tiny_policy

@@ -18,19 +18,12 @@ from typing import Any
 import torch
 
 from sacae_deploy.errors import SacaeError
+from sacae_deploy.files import atomic_write_text
 
 
 class CheckpointError(SacaeError, RuntimeError):
     """A checkpoint that is missing or cannot be read."""
 
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def latest(run_dir: Path) -> Path | None:

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar
 
+from distractors import DISTRACTORS
 from sacae_deploy.contract import PADDING_RULE
 from sacae_deploy.errors import SacaeError
 
@@ -186,8 +187,8 @@ def validate(cfg: CommonConfig) -> None:
             raise ConfigError(f"{name} must be non-negative, got {getattr(cfg, name)}")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
-    if cfg.distractors not in ("none", "balls"):
-        raise ConfigError(f"distractors must be none or balls, got {cfg.distractors!r}")
+    if cfg.distractors not in DISTRACTORS:
+        raise ConfigError(f"distractors must be one of {', '.join(DISTRACTORS)}, got {cfg.distractors!r}")
     if cfg.episode_length % cfg.action_repeat:
         raise ConfigError(f"episode_length {cfg.episode_length} is not a multiple of action_repeat {cfg.action_repeat}")
     if isinstance(cfg, SacConfig) and cfg.batch_size <= 0:

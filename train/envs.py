@@ -63,8 +63,12 @@ class DMCEnv:
 
     def __init__(self, name: str, seed: int, episode_length: int = 1000, camera_id: int = 0) -> None:
         ensure_gl()
+        from absl import logging as absl_logging
         from dm_control import suite
 
+        # dm_control's own XML uses attributes MuJoCo now deprecates (cheetah: settotalmass);
+        # its absl warnings say nothing a user can act on.
+        absl_logging.set_verbosity(absl_logging.ERROR)
         domain, task = split_env_name(name)
         if (domain, task) not in suite.ALL_TASKS:
             check_env_name(name)
@@ -158,7 +162,8 @@ Renderer = Callable[[Any, int], np.ndarray]  # (env, size) -> uint8 (size, size,
 class PixelObservation(Wrapper):
     """Replace the state by ONE rendered RGB frame per (outer) step, channels first: (3, H, W) uint8.
 
-    `render` may be swapped (e.g. to composite a distractor background) without touching the layers.
+    `render` may be swapped (e.g. to composite a distractor background) without touching the layers;
+    if it has a `reset(seed)` method, that is called at every episode start.
     """
 
     def __init__(self, env: Any, size: int, render: Renderer | None = None) -> None:
@@ -171,6 +176,9 @@ class PixelObservation(Wrapper):
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         self.env.reset(seed)
+        reset_renderer = getattr(self.render_frame, "reset", None)
+        if reset_renderer is not None:
+            reset_renderer(seed)
         return self._frame()
 
     def step(self, action: np.ndarray) -> Step:

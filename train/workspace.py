@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from distractors import make_background
 from train import checkpoint
 from train.config import CommonConfig, to_dict
 from train.envs import make_env
@@ -70,6 +71,7 @@ def uses_pixels(cfg: CommonConfig) -> bool:
 
 
 def build_env(cfg: CommonConfig, seed: int, render: Callable[..., np.ndarray] | None = None) -> Any:
+    render = render or make_background(cfg.distractors, seed)
     return make_env(cfg.env, seed, pixels=uses_pixels(cfg), action_repeat=cfg.action_repeat,
                     image_size=cfg.image_size, frame_stack=cfg.frame_stack, episode_length=cfg.episode_length,
                     camera_id=cfg.camera_id, render=render)
@@ -173,7 +175,6 @@ class Workspace:
 
     def _maybe_eval(self, progress: Callable[[int, dict[str, Any]], None] | None) -> None:
         if self.env_step >= self.next_eval:
-            self.next_eval = (self.env_step // self.cfg.eval_every + 1) * self.cfg.eval_every
             self._evaluate(progress)
 
     def _episode(self, progress: Callable[[int, dict[str, Any]], None] | None) -> None:
@@ -215,6 +216,9 @@ class Workspace:
 
     def _evaluate(self, progress: Callable[[int, dict[str, Any]], None] | None) -> None:
         cfg = self.cfg
+        # Advanced here, not by the caller, so the end-of-run evaluation also counts: a run
+        # resumed with a larger budget does not evaluate the same step twice.
+        self.next_eval = (self.env_step // cfg.eval_every + 1) * cfg.eval_every
         frames: list[np.ndarray] | None = [] if cfg.save_video else None
         returns = evaluate(self.agent, self.eval_env, cfg, cfg.eval_episodes,
                            first_seed=episode_seed(cfg.seed + EVAL_SEED_OFFSET, self.env_step), video=frames)

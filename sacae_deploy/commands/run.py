@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from sacae_deploy.commands.train import Device
+from sacae_deploy.commands.train import Device, Distractors
 
 
 class Recorder:
@@ -81,6 +81,7 @@ def register(app: typer.Typer) -> None:
         max_frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after N frames.")] = None,
         seed: Annotated[Optional[int], typer.Option(help="dmc: seed of the task (episode e starts from seed + e; default 0).")] = None,
         summary_json: Annotated[Optional[Path], typer.Option(help="Also write the summary as JSON to PATH.")] = None,
+        distractors: Annotated[Distractors, typer.Option(help="dmc: replace the background with moving balls (robustness check).")] = Distractors.none,
     ) -> None:
         """Run an exported policy on a frame stream: a decision every action-repeat frames, the action held in between."""
         from sacae_deploy.contract import K_CAMERA_ID
@@ -92,7 +93,8 @@ def register(app: typer.Typer) -> None:
         if not pol.image_size:
             raise RunError(f"model {policy} is a {pol.algo} policy on states; `sacae run` needs a pixel policy")
         src = open_source(source, image_size=pol.image_size, default_env=pol.env, seed=seed, episodes=episodes,
-                          camera_id=int(pol.metadata.get(K_CAMERA_ID, 0)))
+                          camera_id=int(pol.metadata.get(K_CAMERA_ID, 0)), distractors=distractors.value,
+                          frames_per_step=action_repeat or pol.action_repeat)
         closers: list[Any] = [src]
         try:
             if isinstance(src, DMCSource):

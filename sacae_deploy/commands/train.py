@@ -97,7 +97,7 @@ def register(app: typer.Typer) -> None:
         algo: Annotated[Algo, typer.Option(help="sac-ae (paper), sac-pixel / sac-state (baselines), slac.")],
         env: Annotated[str, typer.Option(help="DeepMind Control task as DOMAIN-TASK, e.g. cartpole-swingup.")],
         out: Annotated[Path, typer.Option(help="Run directory: config.json, CSV logs, checkpoints, videos.")],
-        env_steps: Annotated[Optional[int], typer.Option(min=0, help="Environment steps to train for (the papers' unit; default: the preset's).")] = None,
+        env_steps: Annotated[Optional[int], typer.Option(help="Environment steps to train for (the papers' unit; default: the preset's).")] = None,
         seed: Annotated[Optional[int], typer.Option(help="Seed for networks, replay sampling and environments.")] = None,
         preset: Annotated[Preset, typer.Option(help="paper: the published hyper-parameters; smoke: tiny, for tests.")] = Preset.paper,
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field, KEY=VALUE (repeatable).")] = None,

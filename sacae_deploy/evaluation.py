@@ -1,0 +1,189 @@
+"""Robustness evaluation (`sacae eval`): exported policies on a DeepMind Control task, clean and
+with moving-ball backgrounds (SAC+AE section 5.2), summarised as a table, a plot and videos.
+
+Episodes run in the training stack's own layers (ActionRepeat, then ONE render per decision), so a
+policy sees exactly the frames `sacae run --source dmc:ENV` would hand it at decision times, at a
+K-th of the rendering cost. Episode e of every condition starts from seed + e: the clean and the
+distractor runs of one policy face the same initial states, so the drop measures the background.
+Needs dm_control (the `train` extra) but never torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from sacae_deploy.errors import SacaeError
+from sacae_deploy.files import atomic_write_text
+from sacae_deploy.policy import Policy
+
+VIDEO_SCALE = 3  # policy-size frames (84 px) are upscaled for people to look at
+VIDEO_MAX_DECISIONS = 200
+
+
+class EvalError(SacaeError, ValueError):
+    """Policies or settings `sacae eval` cannot compare."""
+
+
+@dataclass
+class ConditionResult:
+    policy: str
+    algo: str
+    env: str
+    condition: str
+    returns: list[float]
+    mean: float = field(init=False)
+    std: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mean = float(np.mean(self.returns))
+        self.std = float(np.std(self.returns))
+
+
+def policy_name(path: Path, taken: set[str]) -> str:
+    """runs/x/policy.onnx -> 'x'; other files -> their stem; made unique within one table."""
+    name = path.parent.name if path.stem == "policy" and path.parent.name else path.stem
+    unique, n = name, 2
+    while unique in taken:
+        unique, n = f"{name}-{n}", n + 1
+    taken.add(unique)
+    return unique
+
+
+def run_episodes(policy: Policy, env_name: str, condition: str, episodes: int, seed: int,
+                 video: list[np.ndarray] | None = None, on_episode: Callable[[float], None] | None = None) -> list[float]:
+    """Returns per-episode returns; `video` (if given) receives the first episode's decision frames."""
+    from distractors import make_background
+    from train.envs import make_env
+
+    pixels = policy.image_size is not None
+    camera_id = int(policy.metadata.get("sacae.camera_id", 0))
+    env = make_env(env_name, seed, pixels=pixels, action_repeat=policy.action_repeat,
+                   image_size=policy.image_size or 84, frame_stack=1, camera_id=camera_id,
+                   render=make_background(condition, seed) if pixels else None)
+    if env.action_dim != policy.action_dim:
+        env.close()
+        raise EvalError(f"{env_name} takes {env.action_dim}-d actions; the {policy.env} policy gives {policy.action_dim}-d")
+    # The env takes [-1, 1] and maps to the task's bounds; policies emit actions in those bounds.
+    low, high = policy.action_low, policy.action_high
+    returns = []
+    try:
+        for ep in range(episodes):
+            obs = env.reset(seed=seed + ep)
+            policy.reset()
+            total, done = 0.0, False
+            while not done:
+                frame = obs.transpose(1, 2, 0) if pixels else obs
+                if video is not None and ep == 0 and pixels and len(video) < VIDEO_MAX_DECISIONS:
+                    video.append(frame)
+                action = 2.0 * (policy.act(frame) - low) / (high - low) - 1.0
+                step = env.step(action)
+                obs, total, done = step.obs, total + step.reward, step.last
+            returns.append(total)
+            if on_episode is not None:
+                on_episode(total)
+    finally:
+        env.close()
+    return returns
+
+
+def relative_drop(clean: float, other: float) -> float | None:
+    """(clean - other) / |clean|: 0.25 means a quarter of the clean return is lost."""
+    return None if clean == 0 else (clean - other) / abs(clean)
+
+
+def summary_rows(results: Sequence[ConditionResult], conditions: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per policy: mean/sd per condition, and the relative drop of each against the first."""
+    rows = []
+    for name in dict.fromkeys(r.policy for r in results):
+        mine = {r.condition: r for r in results if r.policy == name}
+        first = mine[conditions[0]]
+        row: dict[str, Any] = {"policy": name, "algo": first.algo, "env": first.env}
+        for cond in conditions:
+            row[cond] = {"mean": mine[cond].mean, "std": mine[cond].std, "returns": mine[cond].returns}
+            if cond != conditions[0]:
+                row[f"drop_{cond}"] = relative_drop(first.mean, mine[cond].mean)
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]], conditions: Sequence[str], episodes: int) -> str:
+    head = ["policy", "algo"] + [f"{c} (mean ± sd)" for c in conditions] + [f"drop {c}" for c in conditions[1:]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["policy"], row["algo"]] + [f"{row[c]['mean']:.1f} ± {row[c]['std']:.1f}" for c in conditions]
+        for c in conditions[1:]:
+            drop = row[f"drop_{c}"]
+            cells.append("n/a" if drop is None else f"{100 * drop:+.1f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    env = rows[0]["env"] if rows else "?"
+    note = (f"\n{env}, {episodes} episode(s) per cell, deterministic (mean) actions; episode e of every "
+            f"condition starts from the same seed. Drop = (clean - distractors) / |clean|.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def bar_plot(path: Path, rows: list[dict[str, Any]], conditions: Sequence[str], title: str) -> None:
+    """Grouped bars (one group per policy, one bar per condition) with ± sd error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(conditions)
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 2), 3.6))
+    for i, cond in enumerate(conditions):
+        ax.bar(x + (i - (len(conditions) - 1) / 2) * width, [r[cond]["mean"] for r in rows], width,
+               yerr=[r[cond]["std"] for r in rows], capsize=3, label=cond)
+    ax.set_xticks(x, [r["policy"] for r in rows])
+    ax.set_ylabel("episode return")
+    ax.set_title(title)
+    ax.legend(title="background")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def side_by_side(clips: Sequence[Sequence[np.ndarray]], scale: int = VIDEO_SCALE) -> list[np.ndarray]:
+    """Frames of several clips next to each other (the shorter ones hold their last frame), upscaled."""
+    length = max(len(c) for c in clips)
+    out = []
+    for t in range(length):
+        row = np.concatenate([c[min(t, len(c) - 1)] for c in clips], axis=1)
+        out.append(np.repeat(np.repeat(row, scale, axis=0), scale, axis=1))
+    return out
+
+
+def write_report(out: Path, results: Sequence[ConditionResult], conditions: Sequence[str], episodes: int,
+                 seed: int) -> dict[str, Path]:
+    """results.json, results.md and returns.png in `out`; returns their paths."""
+    rows = summary_rows(results, conditions)
+    env = rows[0]["env"]
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "returns.png"}
+    payload = {"env": env, "episodes": episodes, "seed": seed, "conditions": list(conditions),
+               "rows": rows, "results": [asdict(r) for r in results]}
+    atomic_write_text(paths["json"], json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(paths["markdown"], f"# Robustness: {env}\n\n" + markdown_table(rows, conditions, episodes))
+    bar_plot(paths["plot"], rows, conditions, f"{env}: clean vs distractor backgrounds")
+    return paths
+
+
+def check_conditions(items: Sequence[str]) -> list[str]:
+    from distractors import DISTRACTORS
+
+    conditions = list(dict.fromkeys(c.strip() for c in items if c.strip()))
+    bad = [c for c in conditions if c not in DISTRACTORS]
+    if bad or not conditions:
+        raise EvalError(f"--distractors takes a comma-separated list of {', '.join(DISTRACTORS)}; got {','.join(items)!r}")
+    return conditions
+
+
+def fps_of(policy: Policy) -> int:
+    """Decision frames per second of simulated time (what a viewer should see in real time)."""
+    return max(1, round(1.0 / (policy.control_timestep * policy.action_repeat)))
