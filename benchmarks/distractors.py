@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distractors import BallDistractor, DistractorCompositor, background_mask_from_segmentation, composite  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 TARGET_MS = 0.3
 
@@ -56,16 +57,6 @@ def _synthetic(size: int) -> tuple[np.ndarray, np.ndarray]:
     seg = np.full((size, size, 2), -1, dtype=np.int32)
     seg[robot] = (3, 5)
     return frame, seg
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _mujoco(size: int, frames: int) -> dict[str, object] | None:
@@ -134,7 +125,7 @@ def main() -> None:
         "meets_target": headline["median"] <= TARGET_MS,
         "breakdown_ms": parts,
         "real_cartpole": real,
-        "machine": {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "numpy": np.__version__,
                     "loadavg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None},
     }

@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -36,19 +35,10 @@ from export.metadata import env_facts  # noqa: E402
 from sacae_deploy import Policy  # noqa: E402
 from train import config as TC  # noqa: E402
 from train.workspace import make_agent  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 TARGETS = {"p50_ms": 0.7, "p99_ms": 1.2, "speedup_vs_torch": 2.5}  # SAC+AE on the 2-core dev CPU
 BLOCK = 250  # steps per interleaved block
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def agents(algo: str, env: str, obs_shape: tuple[int, ...]) -> tuple[Any, Any, Any]:

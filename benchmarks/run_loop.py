@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import describe  # noqa: E402
 
 TARGET_OVERHEAD = 0.15
 TARGET_RATE = 500.0
@@ -161,7 +161,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "run_loop",
         "model": f"sac-ae paper ({ENV}, 84x84, frame stack 3) via {policy.describe().split(' via ')[-1]}",
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+        "machine": describe(),
         "frames": args.frames, "rounds": args.rounds, "action_repeat": 1,
         **main84,
         "video_168_resized": {k: results[168][k] for k in ("loop_decisions_per_s", "overhead_pct", "overhead_us_per_frame")},

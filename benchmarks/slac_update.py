@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 import types
@@ -36,19 +35,9 @@ from train.replay import FrameReplay
 from train.slac import SlacAgent
 from train.slac_model import DenseConv2d, DenseConvTranspose2d, UpConv2d
 from train.torch_utils import tune_allocator
+from machine import cpu_name  # noqa: E402
 
 ENV, ACTION_DIM = "cheetah-run", 6
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_replay(rng: np.random.Generator, episodes: int = 12, length: int = 250) -> FrameReplay:

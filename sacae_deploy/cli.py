@@ -45,12 +45,13 @@ def user_errors(fn: F) -> F:
 
 
 def _register() -> None:
+    from sacae_deploy.commands import demo as demo_cmd
     from sacae_deploy.commands import eval as eval_cmd
     from sacae_deploy.commands import export as export_cmd
     from sacae_deploy.commands import run as run_cmd
     from sacae_deploy.commands import train as train_cmd
 
-    for module in (train_cmd, export_cmd, run_cmd, eval_cmd):
+    for module in (train_cmd, export_cmd, run_cmd, eval_cmd, demo_cmd):
         module.register(app)
 
 

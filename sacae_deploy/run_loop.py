@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -185,7 +186,7 @@ def run_loop(policy: PolicyLike, source: FrameSource | Iterable[np.ndarray], *,
                 while (now := clock()) < release:
                     sleep(release - now)
             raw = next(frames, None)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or the JSON-lines reader went away
         interrupted = True
     wall = clock() - start
     return Summary(
@@ -210,9 +211,14 @@ class JsonLines:
             self._file = sys.stdout
 
     def __call__(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        if not self._own:
-            self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            if not self._own:
+                self._file.flush()
+        except BrokenPipeError:
+            if not self._own:  # `sacae run ... --jsonl - | head`: the reader left; end the run quietly
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise
 
     def close(self) -> None:
         if self._own:

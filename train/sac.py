@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.agent_base import SacFamilyAgent
 from train.config import SacConfig
 from train.decoder import PixelDecoder
 from train.encoder import IdentityEncoder, PixelEncoder
@@ -105,7 +106,7 @@ class _StackPolicy:
         pass
 
 
-class SacAgent:
+class SacAgent(SacFamilyAgent):
     """SAC+AE / SAC:pixel / SAC:state: networks, optimizers and the update rule."""
 
     metric_names = ["critic_loss", "actor_loss", "alpha_loss", "alpha", "entropy", "ae_loss", "rec_loss"]
@@ -155,7 +156,7 @@ class SacAgent:
 
     def _adam(self, params: Any, lr: float, betas: tuple[float, float], weight_decay: float = 0.0) -> torch.optim.Adam:
         # foreach: one kernel per parameter group step instead of one per tensor; identical math.
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=True)
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=self.cfg.foreach_adam)
 
     # ------------------------------------------------------------------ bookkeeping
     def modules(self) -> dict[str, nn.Module]:
@@ -170,33 +171,6 @@ class SacAgent:
             opts["encoder_opt"] = self.encoder_opt
             opts["decoder_opt"] = self.decoder_opt
         return opts
-
-    def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: m.state_dict() for k, m in self.modules().items()}
-        out.update({k: o.state_dict() for k, o in self.optimizers().items()})
-        out["log_alpha"] = self.log_alpha.detach().clone()
-        return out
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, m in self.modules().items():
-            m.load_state_dict(state[k])
-        for k, o in self.optimizers().items():
-            o.load_state_dict(state[k])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-
-    def train_mode(self, training: bool) -> None:
-        for m in self.modules().values():
-            m.train(training)
-
-    @property
-    def alpha(self) -> torch.Tensor:
-        return self.log_alpha.exp()
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.cfg.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def _obs(self, obs: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(obs, device=self.device)
@@ -224,27 +198,39 @@ class SacAgent:
         return rng.uniform(-1.0, 1.0, size=self.action_dim).astype(np.float32)
 
     # ------------------------------------------------------------------ learning
-    def update(self, replay: Any, rng: np.random.Generator, step: int) -> dict[str, torch.Tensor]:
-        """One gradient step on a fresh batch. Metrics stay detached tensors: no host sync on a GPU."""
+    def update(self, replay: Any, rng: np.random.Generator, step: int,
+               section: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None) -> dict[str, torch.Tensor]:
+        """One gradient step on a fresh batch. Metrics stay detached tensors: no host sync on a GPU.
+        `section(name)` (benchmarks) wraps the sample/critic/actor/target/decoder phases."""
         cfg = self.cfg
-        batch = replay.sample(cfg.batch_size, rng, stack=cfg.frame_stack if self.pixels else 1)
-        obs, next_obs = self._obs(batch["obs"]), self._obs(batch["next_obs"])
-        action = torch.as_tensor(batch["action"], device=self.device)
-        reward = torch.as_tensor(batch["reward"], device=self.device).unsqueeze(-1)
-        discount = torch.as_tensor(batch["discount"], device=self.device).unsqueeze(-1) * cfg.discount
-        metrics = self.update_critic(obs, action, reward, discount, next_obs)
+        phase = section or (lambda name: contextlib.nullcontext())
+        with phase("sample"):
+            batch = replay.sample(cfg.batch_size, rng, stack=cfg.frame_stack if self.pixels else 1)
+            obs, next_obs = self._obs(batch["obs"]), self._obs(batch["next_obs"])
+            action = torch.as_tensor(batch["action"], device=self.device)
+            reward = torch.as_tensor(batch["reward"], device=self.device).unsqueeze(-1)
+            discount = torch.as_tensor(batch["discount"], device=self.device).unsqueeze(-1) * cfg.discount
+        with phase("critic"):
+            metrics = self.update_critic(obs, action, reward, discount, next_obs)
         trunk_out: torch.Tensor | None = None
-        if self.decoder is not None and step % cfg.decoder_update_freq == 0:
-            with self._autocast():
+        decode = self.decoder is not None and step % cfg.decoder_update_freq == 0
+        if decode and cfg.reuse_trunk:
+            with phase("decoder"), self._autocast():
                 trunk_out = self.critic.encoder.trunk(obs)  # post-critic-step weights, shared below
         if step % cfg.actor_update_freq == 0:
-            metrics.update(self.update_actor_and_alpha(obs, trunk_out))
+            with phase("actor"):
+                metrics.update(self.update_actor_and_alpha(obs, trunk_out))
         if step % cfg.critic_target_update_freq == 0:
-            for src, tgt in zip(self.critic.heads(), self.critic_target.heads()):
-                soft_update(src, tgt, cfg.critic_tau)
-            soft_update(self.critic.encoder, self.critic_target.encoder, cfg.encoder_tau)
-        if trunk_out is not None:
-            metrics.update(self.update_decoder(obs, trunk_out))
+            with phase("target"):
+                for src, tgt in zip(self.critic.heads(), self.critic_target.heads()):
+                    soft_update(src, tgt, cfg.critic_tau)
+                soft_update(self.critic.encoder, self.critic_target.encoder, cfg.encoder_tau)
+        if decode:
+            with phase("decoder"):
+                if trunk_out is None:
+                    with self._autocast():
+                        trunk_out = self.critic.encoder.trunk(obs)
+                metrics.update(self.update_decoder(obs, trunk_out))
         return metrics
 
     def update_critic(self, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
@@ -266,8 +252,10 @@ class SacAgent:
         with self._autocast():
             # The actor never updates the trunk (B.2): its gradients stop at the trunk output.
             h = (trunk_out if trunk_out is not None else self.critic.encoder.trunk(obs)).detach()
+            # Without reuse_trunk the critic re-encodes obs, as the reference does (same result).
+            h_critic = h if self.cfg.reuse_trunk else self.critic.encoder.trunk(obs).detach()
             pi, log_pi = self.actor.sample(self.actor.encoder.head(h))
-            q1, q2 = self.critic.q(self.critic.encoder.head(h), pi)
+            q1, q2 = self.critic.q(self.critic.encoder.head(h_critic), pi)
         log_pi = log_pi.float()
         actor_loss = (self.alpha.detach() * log_pi - torch.min(q1, q2).float()).mean()
         self.actor_opt.zero_grad(set_to_none=True)

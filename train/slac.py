@@ -25,7 +25,6 @@ autocast for the conv encoder/decoder (faster on CPUs with AMX; different roundi
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
 import math
 from typing import Any, Callable
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from train.agent_base import SacFamilyAgent
 from train.config import SlacConfig
 from train.encoder import IdentityEncoder
 from train.sac import Actor, Critic
@@ -112,7 +112,7 @@ class HistoryPolicy:
         self.pending = np.asarray(action, np.float32)
 
 
-class SlacAgent:
+class SlacAgent(SacFamilyAgent):
     metric_names = ["model_loss", "kl", "image_nll", "reward_nll", "critic_loss", "actor_loss", "alpha_loss",
                     "alpha", "entropy"]
 
@@ -160,34 +160,6 @@ class SlacAgent:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"model_opt": self.model_opt, "actor_opt": self.actor_opt, "critic_opt": self.critic_opt,
                 "alpha_opt": self.alpha_opt}
-
-    def state_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: m.state_dict() for k, m in self.modules().items()}
-        out.update({k: o.state_dict() for k, o in self.optimizers().items()})
-        out["log_alpha"] = self.log_alpha.detach().clone()
-        return out
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, m in self.modules().items():
-            m.load_state_dict(state[k])
-        for k, o in self.optimizers().items():
-            o.load_state_dict(state[k])
-        with torch.no_grad():
-            self.log_alpha.copy_(state["log_alpha"])
-
-    def train_mode(self, training: bool) -> None:
-        for m in self.modules().values():
-            m.train(training)
-
-    @property
-    def alpha(self) -> torch.Tensor:
-        return self.log_alpha.exp()
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 for the conv encoder/decoder only (cfg.bf16); the Gaussians and losses stay fp32."""
-        if self.cfg.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def _frames(self, frames: np.ndarray) -> torch.Tensor:
         """uint8 (..., 3, H, W) -> (N, 3, H, W) on the device."""

@@ -8,6 +8,12 @@ import os
 import torch
 from torch import nn
 
+from sacae_deploy.errors import SacaeError
+
+
+class DeviceError(SacaeError, ValueError):
+    """A device that this machine's torch cannot use."""
+
 
 def weight_init(m: nn.Module) -> None:
     """SAC+AE appendix B.4: orthogonal linear weights, delta-orthogonal (conv and deconv), zero biases."""
@@ -37,7 +43,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+        raise DeviceError("--device cuda was asked for but torch sees no CUDA device (use --device cpu or auto)")
     return torch.device(name)
 
 

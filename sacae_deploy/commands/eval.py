@@ -12,7 +12,7 @@ from sacae_deploy.commands.train import Device
 distractors_app = typer.Typer(help="Moving-ball distractor backgrounds (SAC+AE section 5.2).", no_args_is_help=True)
 
 
-def _progress(total: int, label: str) -> Any:
+def _progress(label: str) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -37,42 +37,8 @@ def register(app: typer.Typer) -> None:
         video: Annotated[bool, typer.Option(help="Write a GIF per policy of what it saw (backgrounds side by side).")] = True,
     ) -> None:
         """Evaluate policies clean and with moving-ball backgrounds: a table (mean ± sd, relative drop), a plot, videos."""
-        from sacae_deploy import evaluation as E
-        from sacae_deploy.policy import Policy
-        from sacae_deploy.video import write_video
-
-        conditions = E.check_conditions(distractors.split(","))
-        loaded = [Policy.load(p, device=device.value) for p in policies]
-        env_name = env or loaded[0].env
-        for pol in loaded:
-            if pol.env != env_name:
-                typer.echo(f"warning: {pol.path} was trained on {pol.env}, evaluating it on {env_name}", err=True)
-        from train.envs import check_env_name  # dm_control, no torch
-
-        check_env_name(env_name)
-        out.mkdir(parents=True, exist_ok=True)
-        taken: set[str] = set()
-        names = [E.policy_name(pol.path, taken) for pol in loaded]
-        results: list[E.ConditionResult] = []
-        with _progress(len(loaded) * len(conditions) * episodes, "eval") as bar:
-            task = bar.add_task("", total=len(loaded) * len(conditions) * episodes)
-            for name, pol in zip(names, loaded):
-                clips: list[list[Any]] = []
-                for cond in conditions:
-                    bar.update(task, description=f"{name} / {cond}")
-                    frames: list[Any] | None = [] if video else None
-                    returns = E.run_episodes(pol, env_name, cond, episodes, seed, video=frames,
-                                             on_episode=lambda _r: bar.advance(task))
-                    results.append(E.ConditionResult(name, pol.algo, env_name, cond, returns))
-                    typer.echo(f"{name:>16} {cond:>6}: {results[-1].mean:8.1f} ± {results[-1].std:.1f}", err=True)
-                    if frames:
-                        clips.append(frames)
-                if clips:
-                    write_video(out / "videos" / f"{name}.gif", E.side_by_side(clips), fps=E.fps_of(pol))
-        paths = E.write_report(out, results, conditions, episodes, seed)
-        typer.echo(paths["markdown"].read_text())
-        typer.echo(f"wrote {paths['markdown']}, {paths['json']}, {paths['plot']}"
-                   + (f" and {out / 'videos'}/*.gif ({' | '.join(conditions)})" if video else ""))
+        evaluate_policies(policies, env=env, episodes=episodes, distractors=distractors, out=out, seed=seed,
+                          device=device.value, video=video)
 
     @distractors_app.command()
     @user_errors
@@ -101,7 +67,7 @@ def register(app: typer.Typer) -> None:
         clips: list[list[Any]] = [[], []]
         try:
             obs = [e.reset(seed=seed) for e in envs]
-            with _progress(steps, "preview") as bar:
+            with _progress("preview") as bar:
                 task = bar.add_task("", total=steps)
                 for _ in range(steps):
                     for clip, o in zip(clips, obs):
@@ -119,3 +85,46 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"wrote {out} ({steps} frames, clean | balls, {size}x{size} shown x3, action repeat {k})")
 
     app.add_typer(distractors_app, name="distractors")
+
+
+def evaluate_policies(policies: list[Path], *, env: str | None = None, episodes: int = 10,
+                      distractors: str = "none,balls", out: Path = Path("runs/eval"), seed: int = 0,
+                      device: str = "auto", video: bool = True) -> dict[str, Path]:
+    """`sacae eval` without the CLI (the demo calls it too); returns the report's paths."""
+    from sacae_deploy import evaluation as E
+    from sacae_deploy.policy import Policy
+    from sacae_deploy.video import write_video
+
+    conditions = E.check_conditions(distractors.split(","))
+    loaded = [Policy.load(p, device=device) for p in policies]
+    env_name = env or loaded[0].env
+    for pol in loaded:
+        if pol.env != env_name:
+            typer.echo(f"warning: {pol.path} was trained on {pol.env}, evaluating it on {env_name}", err=True)
+    from train.envs import check_env_name  # dm_control, no torch
+
+    check_env_name(env_name)
+    out.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    names = [E.policy_name(pol.path, taken) for pol in loaded]
+    results: list[E.ConditionResult] = []
+    with _progress("eval") as bar:
+        task = bar.add_task("", total=len(loaded) * len(conditions) * episodes)
+        for name, pol in zip(names, loaded):
+            clips: list[list[Any]] = []
+            for cond in conditions:
+                bar.update(task, description=f"{name} / {cond}")
+                frames: list[Any] | None = [] if video else None
+                returns = E.run_episodes(pol, env_name, cond, episodes, seed, video=frames,
+                                         on_episode=lambda _r: bar.advance(task))
+                results.append(E.ConditionResult(name, pol.algo, env_name, cond, returns))
+                typer.echo(f"{name:>16} {cond:>6}: {results[-1].mean:8.1f} ± {results[-1].std:.1f}", err=True)
+                if frames:
+                    clips.append(frames)
+            if clips:
+                write_video(out / "videos" / f"{name}.gif", E.side_by_side(clips), fps=E.fps_of(pol))
+    paths = E.write_report(out, results, conditions, episodes, seed)
+    typer.echo(paths["markdown"].read_text())
+    typer.echo(f"wrote {paths['markdown']}, {paths['json']}, {paths['plot']}"
+               + (f" and {out / 'videos'}/*.gif ({' | '.join(conditions)})" if video else ""))
+    return paths

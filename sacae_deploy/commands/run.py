@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from sacae_deploy.commands.train import Device, Distractors
+from sacae_deploy.files import atomic_write_text
 
 
 class Recorder:
@@ -56,7 +57,7 @@ def print_summary(summary: Any, source: str) -> None:
     if summary.partial_return is not None:
         rows.append(("unfinished episode", f"{summary.partial_return:.1f} so far"))
     if summary.interrupted:
-        rows.append(("ended by", "Ctrl-C"))
+        rows.append(("ended by", "Ctrl-C or a closed output pipe"))
     for key, value in rows:
         table.add_row(key, value)
     Console(stderr=True).print(table)
@@ -84,45 +85,56 @@ def register(app: typer.Typer) -> None:
         distractors: Annotated[Distractors, typer.Option(help="dmc: replace the background with moving balls (robustness check).")] = Distractors.none,
     ) -> None:
         """Run an exported policy on a frame stream: a decision every action-repeat frames, the action held in between."""
-        from sacae_deploy.contract import K_CAMERA_ID
-        from sacae_deploy.policy import Policy
-        from sacae_deploy.run_loop import JsonLines, RunError, run_loop
-        from sacae_deploy.sources import DMCSource, open_source
+        run_policy(policy, source, episodes=episodes, jsonl=jsonl, record=record, realtime=realtime,
+                   action_repeat=action_repeat, device=device.value, threads=threads, max_frames=max_frames,
+                   seed=seed, summary_json=summary_json, distractors=distractors.value)
 
-        pol = Policy.load(policy, device=device.value, threads=threads)
-        if not pol.image_size:
-            raise RunError(f"model {policy} is a {pol.algo} policy on states; `sacae run` needs a pixel policy")
-        src = open_source(source, image_size=pol.image_size, default_env=pol.env, seed=seed, episodes=episodes,
-                          camera_id=int(pol.metadata.get(K_CAMERA_ID, 0)), distractors=distractors.value,
-                          frames_per_step=action_repeat or pol.action_repeat)
-        closers: list[Any] = [src]
-        try:
-            if isinstance(src, DMCSource):
-                if src.action_dim != pol.action_dim:
-                    raise RunError(f"{source} takes {src.action_dim}-d actions; the policy gives {pol.action_dim}-d")
-                if src.env_name != pol.env:
-                    typer.echo(f"warning: the policy was trained on {pol.env}, running it on {src.env_name}", err=True)
-            on_frame = None
-            if jsonl is not None:
-                on_frame = JsonLines(jsonl)
-                closers.append(on_frame)
-            recorder = None
-            if record is not None:
-                recorder = Recorder(record, fps=src.fps or 1.0 / pol.control_timestep)
-                closers.append(recorder)
 
-            typer.echo(pol.describe(), err=True)
+def run_policy(policy: Path, source: str, *, episodes: int | None = None, jsonl: str | None = None,
+               record: Path | None = None, realtime: bool = False, action_repeat: int | None = None,
+               device: str = "auto", threads: int | None = None, max_frames: int | None = None,
+               seed: int | None = None, summary_json: Path | None = None, distractors: str = "none") -> Any:
+    """`sacae run` without the CLI (the demo calls it too); returns the loop's Summary."""
+    from sacae_deploy.contract import K_CAMERA_ID
+    from sacae_deploy.policy import Policy
+    from sacae_deploy.run_loop import JsonLines, RunError, run_loop
+    from sacae_deploy.sources import DMCSource, open_source
 
-            def episode_end(episode: int, total: float) -> None:
-                typer.echo(f"episode {episode}: return {total:.1f}", err=True)
+    pol = Policy.load(policy, device=device, threads=threads)
+    if not pol.image_size:
+        raise RunError(f"model {policy} is a {pol.algo} policy on states; `sacae run` needs a pixel policy")
+    src = open_source(source, image_size=pol.image_size, default_env=pol.env, seed=seed, episodes=episodes,
+                      camera_id=int(pol.metadata.get(K_CAMERA_ID, 0)), distractors=distractors,
+                      frames_per_step=action_repeat or pol.action_repeat)
+    closers: list[Any] = [src]
+    try:
+        if isinstance(src, DMCSource):
+            if src.action_dim != pol.action_dim:
+                raise RunError(f"{source} takes {src.action_dim}-d actions; the policy gives {pol.action_dim}-d")
+            if src.env_name != pol.env:
+                typer.echo(f"warning: the policy was trained on {pol.env}, running it on {src.env_name}", err=True)
+        on_frame = None
+        if jsonl is not None:
+            on_frame = JsonLines(jsonl)
+            closers.append(on_frame)
+        recorder = None
+        if record is not None:
+            recorder = Recorder(record, fps=src.fps or 1.0 / pol.control_timestep)
+            closers.append(recorder)
 
-            summary = run_loop(pol, src, action_repeat=action_repeat, realtime=realtime, max_frames=max_frames,
-                               on_frame=on_frame, record=recorder.append if recorder else None,
-                               on_episode_end=episode_end)
-        finally:
-            for closer in reversed(closers):
-                closer.close()
-        print_summary(summary, source)
-        if summary_json is not None:
-            summary_json.parent.mkdir(parents=True, exist_ok=True)
-            summary_json.write_text(json.dumps({"source": source, "policy": str(policy), **summary.to_dict()}, indent=2) + "\n")
+        typer.echo(pol.describe(), err=True)
+
+        def episode_end(episode: int, total: float) -> None:
+            typer.echo(f"episode {episode}: return {total:.1f}", err=True)
+
+        summary = run_loop(pol, src, action_repeat=action_repeat, realtime=realtime, max_frames=max_frames,
+                           on_frame=on_frame, record=recorder.append if recorder else None,
+                           on_episode_end=episode_end)
+    finally:
+        for closer in reversed(closers):
+            closer.close()
+    print_summary(summary, source)
+    if summary_json is not None:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(summary_json, json.dumps({"source": source, "policy": str(policy), **summary.to_dict()}, indent=2) + "\n")
+    return summary

@@ -121,21 +121,3 @@ def register(app: typer.Typer) -> None:
 
         for name in available_envs():
             typer.echo(name)
-
-    @app.command()
-    @user_errors
-    def demo(
-        out: Annotated[Path, typer.Option(help="Where the demo run goes (replaced if it is a previous demo).")] = Path("runs/demo"),
-        env_steps: Annotated[int, typer.Option(min=1, help="Environment steps of SAC+AE training.")] = 10_000,
-    ) -> None:
-        """The main job on an embedded default: a short SAC+AE run on cartpole-swingup (paper networks),
-        then its evaluation. It shows the pipeline end to end; learning takes ~100k+ steps (see README)."""
-        import shutil
-
-        if (out / "config.json").exists():
-            shutil.rmtree(out)
-        cfg = resolve_run("sac-ae", "cartpole-swingup", out, env_steps, 1, "paper",
-                          ["eval_every=100000", "eval_episodes=5", f"checkpoint_every={env_steps}"], "auto", False)
-        result = run_training(cfg, out, resume=False)
-        typer.echo(f"trained {result['env_step']:,} env steps; eval return {result['eval_return']:.1f} "
-                   f"(logs: {out}/train.csv, {out}/eval.csv, plot: {out}/eval.png)")

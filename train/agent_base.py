@@ -1,0 +1,52 @@
+"""What SAC+AE and SLAC share as torch agents: named networks and optimizers, a learned
+temperature, checkpoint state, train/eval mode and the optional bf16 autocast."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class SacFamilyAgent:
+    """Subclasses set cfg, device, log_alpha and define modules() and optimizers()."""
+
+    cfg: Any
+    device: torch.device
+    log_alpha: torch.Tensor
+
+    def modules(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: m.state_dict() for k, m in self.modules().items()}
+        out.update({k: o.state_dict() for k, o in self.optimizers().items()})
+        out["log_alpha"] = self.log_alpha.detach().clone()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state[k])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state[k])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+
+    def train_mode(self, training: bool) -> None:
+        for m in self.modules().values():
+            m.train(training)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast where cfg.bf16 asks for it (each agent decides which passes run under it)."""
+        if self.cfg.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
