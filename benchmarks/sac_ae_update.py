@@ -6,7 +6,7 @@ interleaved over rounds so machine noise hits all of them alike:
   Adam, every conv pass recomputed (the actor and critic heads and the decoder each re-encode obs),
   glibc left to return activation buffers to the OS after each update;
 - optimized: this project's defaults, same math (channels_last, foreach Adam, one shared trunk pass,
-  tuned allocator);
+  transposed-conv backward as convolutions, tuned allocator);
 - bf16: optimized plus bf16 autocast (`--set bf16=true`).
 Each update includes sampling the batch from a filled frame-once replay. Where CUDA is present, the
 optimized mode is also timed on the GPU (updates/s).
@@ -32,7 +32,7 @@ from machine import describe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = {
-    "reference": dict(channels_last=False, reuse_trunk=False, foreach_adam=False),
+    "reference": dict(channels_last=False, reuse_trunk=False, foreach_adam=False, deconv_conv_grad=False),
     "optimized": {},
     "bf16": dict(bf16=True),
 }

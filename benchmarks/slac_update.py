@@ -23,18 +23,22 @@ import json
 import os
 import statistics
 import time
+import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from train import config as C
-from train.replay import FrameReplay
-from train.slac import SlacAgent
-from train.slac_model import DenseConv2d, DenseConvTranspose2d, UpConv2d
-from train.torch_utils import tune_allocator
+# The repository root goes first: this folder's distractors.py would otherwise shadow the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from train import config as C  # noqa: E402
+from train.replay import FrameReplay  # noqa: E402
+from train.slac import SlacAgent  # noqa: E402
+from train.slac_model import DenseConv2d, DenseConvTranspose2d, UpConv2d  # noqa: E402
+from train.torch_utils import tune_allocator  # noqa: E402
 from machine import cpu_name  # noqa: E402
 
 ENV, ACTION_DIM = "cheetah-run", 6

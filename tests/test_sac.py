@@ -126,3 +126,28 @@ def test_paper_preset_is_the_paper() -> None:
     assert (cfg.init_temperature, cfg.alpha_lr, cfg.alpha_beta, cfg.replay_capacity) == (0.1, 1e-4, 0.5, 1_000_000)
     assert (cfg.decoder_latent_lambda, cfg.decoder_weight_lambda, cfg.action_repeat) == (1e-6, 1e-7, 4)
     assert C.resolve("sac-ae", "paper", env="cartpole-swingup").action_repeat == 8
+
+
+def test_speed_options_change_no_math() -> None:
+    """channels_last, the shared trunk pass, foreach Adam and the conv-grad deconvolutions are the
+    reference's computation reordered: the same losses and gradients up to fp32 rounding. Learning
+    rates are 0 so that Adam's normalised first steps cannot amplify rounding between the runs."""
+    reference = dict(channels_last=False, reuse_trunk=False, foreach_adam=False, deconv_conv_grad=False)
+    frozen = dict(critic_lr=0.0, actor_lr=0.0, encoder_lr=0.0, decoder_lr=0.0, alpha_lr=0.0)
+    runs = []
+    for options in ({}, reference):
+        agent, replay = _agent("sac-ae", **options, **frozen)
+        rng = np.random.default_rng(3)
+        torch.manual_seed(3)
+        metrics = agent.update(replay, rng, step=0)  # critic, actor + alpha, targets, decoder
+        grads = {f"{name}.{key}": p.grad.clone() for name, module in agent.modules().items()
+                 for key, p in module.named_parameters() if p.grad is not None}
+        runs.append((metrics, grads))
+    (fast_metrics, fast_grads), (ref_metrics, ref_grads) = runs
+    assert fast_metrics.keys() == ref_metrics.keys() and "ae_loss" in fast_metrics and "actor_loss" in fast_metrics
+    for key in fast_metrics:
+        torch.testing.assert_close(fast_metrics[key], ref_metrics[key], rtol=1e-4, atol=1e-6)
+    assert fast_grads.keys() == ref_grads.keys()
+    assert any(k.startswith("decoder.deconvs") for k in fast_grads) and any("trunk" in k for k in fast_grads)
+    for key, grad in fast_grads.items():
+        torch.testing.assert_close(grad, ref_grads[key], rtol=1e-3, atol=1e-6, msg=key)

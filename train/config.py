@@ -86,13 +86,15 @@ class SacConfig(CommonConfig):
     alpha_lr: float = 1e-4
     alpha_beta: float = 0.5
     updates_per_step: int = 1
-    # Speed options. The first three change no math (benchmarks/sac_ae_update.py turns them off to
+    # Speed options. The first four change no math (benchmarks/sac_ae_update.py turns them off to
     # time the reference implementation's way): channels_last conv layout; one conv-trunk pass on
     # `obs` shared by the actor and decoder updates (same weights, same input, same output);
-    # foreach Adam. bf16 autocast is optional and does change rounding.
+    # foreach Adam; the decoder's transposed-conv backward run as convolutions (train.layers).
+    # bf16 autocast is optional and does change rounding.
     channels_last: bool = True
     reuse_trunk: bool = True
     foreach_adam: bool = True
+    deconv_conv_grad: bool = True
     bf16: bool = False
 
 

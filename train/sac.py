@@ -132,7 +132,8 @@ class SacAgent(SacFamilyAgent):
         self.critic_target = copy.deepcopy(self.critic)
         self.decoder: PixelDecoder | None = None
         if cfg.algo == "sac-ae":
-            self.decoder = PixelDecoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters)
+            self.decoder = PixelDecoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters,
+                                        conv_grad=cfg.deconv_conv_grad)
             self.decoder.apply(weight_init)
         for m in self.modules().values():
             m.to(device)
@@ -294,4 +295,5 @@ def reconstruction_target(obs: torch.Tensor, bits: int) -> torch.Tensor:
     """Pixels reduced to `bits` bits, dequantised with uniform noise, centred on 0 (B.6; Kingma & Dhariwal)."""
     bins = 2**bits
     x = torch.floor(obs.float() / 2 ** (8 - bits)) / bins
-    return x + torch.rand_like(x) / bins - 0.5
+    # torch.rand in logical (NCHW) order, not rand_like: the noise must not depend on the memory layout.
+    return x + torch.rand(x.shape, dtype=x.dtype, device=x.device) / bins - 0.5

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from train.layers import ConvTranspose2dConvGrad
 
 # The authors' TensorFlow code uses tf.nn.leaky_relu (slope 0.2); the paper does not give a slope.
 LEAKY_SLOPE = 0.2
@@ -110,43 +111,14 @@ class DenseConvTranspose2d(nn.ConvTranspose2d):
         return y + self.bias[None, :, None, None]
 
 
-class _ConvTransposeFn(torch.autograd.Function):
-    """conv_transpose2d with its backward written as the convolutions it is made of: a transposed
-    conv is the adjoint of a conv, so grad_input = conv2d(grad, w) and grad_w is that conv's weight
-    gradient. Same gradients; oneDNN runs these (channels_last) much faster than its deconvolution
-    backward."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                stride: int, padding: int, output_padding: int) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.geometry = (stride, padding)  # type: ignore[attr-defined]
-        return F.conv_transpose2d(x, weight, bias, stride, padding, output_padding)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[Any, ...]:
-        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
-        stride, padding = ctx.geometry  # type: ignore[attr-defined]
-        grad_x = F.conv2d(grad, weight, None, stride, padding) if ctx.needs_input_grad[0] else None
-        _, grad_w, _ = torch.ops.aten.convolution_backward(
-            x, grad, weight, None, [stride, stride], [padding, padding], [1, 1], False, [0, 0], 1, [False, True, False])
-        return grad_x, grad_w, grad.sum((0, 2, 3)), None, None, None
-
-
-class UpConv2d(nn.ConvTranspose2d):
+class UpConv2d(ConvTranspose2dConvGrad):
     """nn.ConvTranspose2d (same parameters, init and function) for the "stride s, odd kernel,
-    padding (k-1)/2, output padding s-1" shape (output = s x input), with `_ConvTransposeFn`'s
-    backward (when differentiating in one dtype)."""
+    padding (k-1)/2, output padding s-1" shape (output = s x input), with its backward run as
+    convolutions (train.layers)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2) -> None:
         assert kernel_size % 2 == 1, "odd kernels only: grad_input is then a 'same'-padded strided conv"
         super().__init__(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, stride - 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
-            return super().forward(x)  # nothing to differentiate, or mixed dtypes: PyTorch's own path
-        return _ConvTransposeFn.apply(x, self.weight, self.bias, self.stride[0], self.padding[0],
-                                      self.output_padding[0])
 
 
 class FrameEncoder(nn.Module):
