@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sacae_deploy.contract import K_CAMERA_ID
 from sacae_deploy.errors import SacaeError
 from sacae_deploy.files import atomic_write_text
 from sacae_deploy.policy import Policy
@@ -61,7 +62,7 @@ def run_episodes(policy: Policy, env_name: str, condition: str, episodes: int, s
     from train.envs import make_env
 
     pixels = policy.image_size is not None
-    camera_id = int(policy.metadata.get("sacae.camera_id", 0))
+    camera_id = int(policy.metadata.get(K_CAMERA_ID, 0))
     env = make_env(env_name, seed, pixels=pixels, action_repeat=policy.action_repeat,
                    image_size=policy.image_size or 84, frame_stack=1, camera_id=camera_id,
                    render=make_background(condition, seed) if pixels else None)
@@ -135,13 +136,13 @@ def bar_plot(path: Path, rows: list[dict[str, Any]], conditions: Sequence[str], 
 
     width = 0.8 / len(conditions)
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.6 * len(rows) + 2), 3.6))
     for i, cond in enumerate(conditions):
         ax.bar(x + (i - (len(conditions) - 1) / 2) * width, [r[cond]["mean"] for r in rows], width,
                yerr=[r[cond]["std"] for r in rows], capsize=3, label=cond)
     ax.set_xticks(x, [r["policy"] for r in rows])
     ax.set_ylabel("episode return")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(title="background")
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
