@@ -107,6 +107,50 @@ def summarize(results: dict[str, dict[str, float]], label: str, torch_label: str
             "speedup_cpu_p50_1thread": round(eager["threads=1"]["cpu_p50_ms"] / onnx["threads=1"]["cpu_p50_ms"], 2)}
 
 
+def split_timing(path: Path, frames: np.ndarray, steps: int, threads: int = 2) -> dict[str, Any]:
+    """Where SAC+AE's batch-1 time goes: the exported graph cut at its flatten into the conv part
+    and the dense part (fc 39200x50, LayerNorm, the 1024-wide MLP), each timed alone through
+    onnxruntime. At batch 1 the dense layers are matrix-vector products, bound by reading their
+    weights (bytes / time = the bandwidth they get); the conv part by FLOPs / conv throughput.
+    The two run one after the other, so their sum is what the whole graph can at best reach here."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper, shape_inference, utils
+
+    graph = onnx.load(str(path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    flat = next(node for node in graph.node if node.op_type == "Gemm").input[0]
+    conv_out = producer[flat].input[0]
+    parts = {"conv": (path.with_suffix(".conv.onnx"), [graph.input[0].name], [conv_out]),
+             "dense": (path.with_suffix(".dense.onnx"), [flat], [graph.output[0].name])}
+    for part, inputs, outputs in parts.values():
+        utils.extract_model(str(path), str(part), inputs, outputs)
+    conv = shape_inference.infer_shapes(onnx.load(str(parts["conv"][0]))).graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*conv.value_info, *conv.output]}
+    weights = {t.name: numpy_helper.to_array(t) for t in conv.initializer}
+    conv_flop = sum(2 * int(np.prod(shapes[n.output[0]][1:])) * int(np.prod(weights[n.input[1]].shape[1:]))
+                    for n in conv.node if n.op_type == "Conv")
+    dense_bytes = sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(parts["dense"][0])).graph.initializer)
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sessions = {name: ort.InferenceSession(str(part), opts, providers=["CPUExecutionProvider"])
+                for name, (part, _, _) in parts.items()}
+    feeds = {"conv": {parts["conv"][1][0]: frames[:1][None].repeat(3, axis=1)},
+             "dense": {flat: np.random.default_rng(2).random((1, shapes[conv_out][1] * shapes[conv_out][2]
+                                                                  * shapes[conv_out][3]), dtype=np.float32)}}
+    configs = {f"sac-ae {name} part onnx threads={threads}": (lambda: None, lambda t, n=name: sessions[n].run(None, feeds[n]))
+               for name in parts}
+    results = {k.split()[1]: v for k, v in measure(configs, steps).items()}
+    conv_ms, dense_ms = results["conv"]["p50_ms"], results["dense"]["p50_ms"]
+    return {"conv_p50_ms": conv_ms, "conv_gflop": round(conv_flop / 1e9, 4),
+            "conv_gflop_per_s": round(conv_flop / conv_ms / 1e6, 1),
+            "dense_p50_ms": dense_ms, "dense_weight_mb": round(dense_bytes / 1e6, 2),
+            "dense_gb_per_s": round(dense_bytes / dense_ms / 1e6, 1), "sum_p50_ms": round(conv_ms + dense_ms, 3),
+            "threads": threads}
+
+
 def bench_sac_ae(tmp: Path, steps: int) -> dict[str, Any]:
     k, size = 3, 84
     trained, plain, (cfg, facts) = agents("sac-ae", "cheetah-run", (3 * k, size, size))
@@ -119,6 +163,7 @@ def bench_sac_ae(tmp: Path, steps: int) -> dict[str, Any]:
                **torch_configs(lambda t: trained.act(stacks[t % 64], mean=True), "sac-ae")}
     summary = summarize(measure(configs, steps), "sac-ae", "sac-ae")
     best = summary["onnx"][summary["best_onnx"]]
+    summary["split"] = split_timing(result.path, frames, steps)
     summary["targets"] = TARGETS
     summary["targets_met"] = {"p50": best["p50_ms"] <= TARGETS["p50_ms"], "p99": best["p99_ms"] <= TARGETS["p99_ms"],
                               "speedup": summary["speedup_p50"] >= TARGETS["speedup_vs_torch"]}

@@ -58,8 +58,34 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
-    app(prog_name="sacae")
+def _click_exception() -> type[Exception]:
+    """ClickException of the Click that typer runs on: its own copy from typer 0.26 on."""
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        from click.exceptions import ClickException
+    return ClickException
+
+
+def main() -> int:
+    """Run the CLI; a bad flag or value is one line on stderr and exit code 2, like the commands'
+    own input errors (Click would draw a usage box)."""
+    click_exception = _click_exception()
+    try:
+        code = app(prog_name="sacae", standalone_mode=False)
+    except click_exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `sacae` or a group alone: show its help
+            exc.show()  # type: ignore[attr-defined]
+            return 0
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        typer.echo(f"error: {message}{where}", err=True)
+        return int(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

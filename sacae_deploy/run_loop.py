@@ -156,6 +156,8 @@ def run_loop(policy: PolicyLike, source: FrameSource | Iterable[np.ndarray], *,
                     held = action
             assert held is not None  # a stream's first frame is a decision
             reward = src.apply(held)
+            if reward is not None:  # counted before on_frame, whose output may break off (BrokenPipe)
+                ep_reward += reward
             if on_frame is not None:
                 rec: dict[str, Any] = {"frame": n, "decision": decision, "held": is_held,
                                        "action": held.tolist(), "latency_ms": None if latency is None else latency * 1e3}
@@ -164,8 +166,6 @@ def run_loop(policy: PolicyLike, source: FrameSource | Iterable[np.ndarray], *,
                 if realtime:
                     rec["late"] = late
                 on_frame(rec)
-            if reward is not None:
-                ep_reward += reward
             if returns is not None and len(returns) > returns_seen:
                 if on_episode_end is not None:
                     on_episode_end(returns_seen, returns[returns_seen])

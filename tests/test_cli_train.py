@@ -86,14 +86,23 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, distractors: st
     (["--env-steps", "-5"], "-5"),
     (["--set", "no_such_key=1"], "unknown config key 'no_such_key'"),
     (["--set", "batch_size=abc"], "expected int"),
-    (["--algo", "dqn"], "dqn"),
+    (["--algo", "dqn"], "'dqn' is not one of 'sac-ae'"),  # rejected by the CLI parser itself
+    (["--device", "tpu"], "--device"),
 ])
-def test_bad_values_exit_2_without_traceback(run_dir: Path, args: list[str], message: str) -> None:
+def test_bad_values_exit_2_in_one_line(run_dir: Path, args: list[str], message: str) -> None:
     base = {"--algo": "sac-ae", "--env": "cartpole-swingup"}
     flags = [x for k, v in base.items() if k not in args for x in (k, v)]
     proc = sacae("train", *flags, *args, "--out", str(run_dir), "--preset", "smoke")
     assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_usage_errors_are_one_line() -> None:
+    for args, message in ((["train", "--env", "cartpole-swingup"], "Missing option '--algo'"),
+                          (["fly"], "No such command 'fly'")):
+        proc = sacae(*args)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}"), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_non_empty_out_without_resume_exits_2(run_dir: Path) -> None:

@@ -141,6 +141,15 @@ def test_partial_episode_is_reported_separately() -> None:
     assert summary.episode_returns == [10.0] and summary.partial_return == 4.0
 
 
+def test_a_closed_output_stops_the_run_with_every_applied_reward_counted() -> None:
+    """`sacae run ... | head -3`: the third line's write breaks off, after its action was applied."""
+    def write(line: dict[str, object]) -> None:
+        if line["frame"] == 2:
+            raise BrokenPipeError
+    summary = run_loop(FakePolicy(), Episodes(episodes=1, length=10), on_frame=write)
+    assert summary.interrupted and summary.frames == 2 and summary.partial_return == 3.0
+
+
 # ------------------------------------------------------------------------------------ pacing
 class Paced(FrameSource):
     """Records the clock time at which each frame was asked for."""

@@ -9,7 +9,8 @@ import torch
 
 from train import config as C
 from train.replay import FrameReplay
-from train.sac import SacAgent, reconstruction_target
+from train.layers import mean_squared_error
+from train.sac import SacAgent, reconstruction_target, uniform_noise
 
 
 def _agent(algo: str = "sac-ae", **kw: object) -> tuple[SacAgent, FrameReplay]:
@@ -29,9 +30,10 @@ def _agent(algo: str = "sac-ae", **kw: object) -> tuple[SacAgent, FrameReplay]:
 
 
 def _batch(agent: SacAgent, replay: FrameReplay) -> tuple[torch.Tensor, ...]:
+    """(obs, action, reward, discount, next_obs), the observations `prepare`d as `update` does."""
     b = replay.sample(agent.cfg.batch_size, np.random.default_rng(1), stack=3)
-    return (agent._obs(b["obs"]), torch.as_tensor(b["action"]), torch.as_tensor(b["reward"])[:, None],
-            torch.as_tensor(b["discount"])[:, None] * 0.99, agent._obs(b["next_obs"]))
+    return (agent.prepare(agent._obs(b["obs"])), torch.as_tensor(b["action"]), torch.as_tensor(b["reward"])[:, None],
+            torch.as_tensor(b["discount"])[:, None] * 0.99, agent.prepare(agent._obs(b["next_obs"])))
 
 
 def _clone(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -62,12 +64,13 @@ def test_actor_loss_leaves_conv_weights_unchanged() -> None:
 
 def test_critic_and_decoder_losses_move_the_trunk() -> None:
     agent, replay = _agent()
-    obs, action, reward, discount, next_obs = _batch(agent, replay)
+    x, action, reward, discount, next_x = _batch(agent, replay)
     trunk = _clone(agent.critic.encoder.trunk)
-    agent.update_critic(obs, action, reward, discount, next_obs)
+    agent.update_critic(x, action, reward, discount, next_x)
     assert _changed(trunk, agent.critic.encoder.trunk)
     trunk, dec = _clone(agent.critic.encoder.trunk), _clone(agent.decoder)
-    agent.update_decoder(obs, agent.critic.encoder.trunk(obs))
+    frames = (x * 255).round().to(torch.uint8)
+    agent.update_decoder(frames, agent.critic.encoder.trunk(frames), np.random.default_rng(0))
     assert _changed(trunk, agent.critic.encoder.trunk) and _changed(dec, agent.decoder)
 
 
@@ -75,11 +78,11 @@ def test_reused_trunk_pass_gives_the_same_actor_update() -> None:
     """The actor may reuse the decoder's trunk pass: the result is identical to a fresh pass."""
     a, replay = _agent()
     b, _ = _agent()
-    obs = _batch(a, replay)[0]
+    x = _batch(a, replay)[0]
     torch.manual_seed(5)
-    a.update_actor_and_alpha(obs, a.critic.encoder.trunk(obs))
+    a.update_actor_and_alpha(x, a.critic.encoder.flatten(a.critic.encoder.trunk.run(x)))
     torch.manual_seed(5)
-    b.update_actor_and_alpha(obs, None)
+    b.update_actor_and_alpha(x, None)
     for pa, pb in zip(a.actor.parameters(), b.actor.parameters()):
         assert torch.equal(pa, pb)
 
@@ -114,10 +117,18 @@ def test_sac_pixel_has_no_decoder_and_sac_state_no_conv() -> None:
 
 def test_reconstruction_target_is_5_bit() -> None:
     obs = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
-    t = reconstruction_target(obs, 5)
+    noise = torch.rand(obs.shape)
+    t = reconstruction_target(obs, 5, noise.clone())
     assert t.min() >= -0.5 and t.max() < 0.5
     levels = torch.floor((t + 0.5) * 32)
     assert torch.equal(levels.flatten(), (torch.arange(256) // 8).float())
+    assert torch.allclose(t - (levels / 32 - 0.5), noise / 32, atol=1e-6)  # the noise dequantises within a level
+
+
+def test_reconstruction_noise_is_seeded_and_layout_free() -> None:
+    a = uniform_noise(torch.Size((2, 9, 8, 8)), np.random.default_rng(4), torch.device("cpu"))
+    b = uniform_noise(torch.Size((2, 9, 8, 8)), np.random.default_rng(4), torch.device("cpu"))
+    assert torch.equal(a, b) and a.is_contiguous() and 0 <= float(a.min()) and float(a.max()) < 1
 
 
 def test_paper_preset_is_the_paper() -> None:
@@ -151,3 +162,16 @@ def test_speed_options_change_no_math() -> None:
     assert any(k.startswith("decoder.deconvs") for k in fast_grads) and any("trunk" in k for k in fast_grads)
     for key, grad in fast_grads.items():
         torch.testing.assert_close(grad, ref_grads[key], rtol=1e-3, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_mean_squared_error_matches_mse_loss_and_keeps_the_layout(channels_last: bool) -> None:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    a = torch.randn(3, 9, 10, 10).contiguous(memory_format=fmt).requires_grad_()
+    b = torch.randn(3, 9, 10, 10).contiguous(memory_format=fmt)
+    loss = mean_squared_error(a, b)
+    (grad,) = torch.autograd.grad(loss, a)
+    (ref_grad,) = torch.autograd.grad(torch.nn.functional.mse_loss(a, b), a)
+    torch.testing.assert_close(loss, torch.nn.functional.mse_loss(a, b))
+    torch.testing.assert_close(grad, ref_grad)
+    assert grad.is_contiguous(memory_format=fmt)  # no layout copies in a channels_last decoder's backward

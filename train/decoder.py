@@ -22,13 +22,13 @@ class PixelDecoder(nn.Module):
         self.out_size = conv_output_size(obs_shape[-1], num_layers)
         self.fc = nn.Linear(feature_dim, num_filters * self.out_size * self.out_size)
         layers: list[nn.Module] = []
-        for _ in range(num_layers - 1):
-            layers += [deconv(num_filters, num_filters, 3, stride=1), nn.ReLU()]
+        for _ in range(num_layers - 1):  # in-place ReLUs: no transposed conv's backward needs its output
+            layers += [deconv(num_filters, num_filters, 3, stride=1), nn.ReLU(inplace=True)]
         # Odd input sizes (84 -> 41 after the stride-2 conv) need output_padding to map back exactly.
         output_padding = (obs_shape[-1] - 3) % 2
         layers.append(deconv(num_filters, obs_shape[0], 3, stride=2, output_padding=output_padding))
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.fc(z)).view(-1, self.num_filters, self.out_size, self.out_size)
+        h = torch.relu_(self.fc(z)).view(-1, self.num_filters, self.out_size, self.out_size)
         return self.deconvs(h)

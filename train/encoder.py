@@ -16,26 +16,60 @@ class ConvTrunk(nn.Module):
     """4 conv layers, 32 filters 3x3, stride 2 then 1, ReLU after each (appendix B.2).
 
     Takes uint8 (or 0..255 float) stacked frames (B, C, H, W) and scales them by 1/255 (B.6).
-    This module is the one the actor and critic share (tied weights).
+    This module is the one the actor and critic share (tied weights). `prepare` and `run` split
+    that in two so an update converts each batch once and reuses it for every pass over it.
     """
 
     def __init__(self, in_channels: int, num_layers: int = 4, num_filters: int = 32) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, num_filters, 3, stride=2), nn.ReLU()]
+        # In-place ReLUs: a conv's backward needs its input, never its output.
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, num_filters, 3, stride=2), nn.ReLU(inplace=True)]
         for _ in range(num_layers - 1):
-            layers += [nn.Conv2d(num_filters, num_filters, 3, stride=1), nn.ReLU()]
+            layers += [nn.Conv2d(num_filters, num_filters, 3, stride=1), nn.ReLU(inplace=True)]
         self.net = nn.Sequential(*layers)
 
+    @staticmethod
+    def prepare(obs: torch.Tensor) -> torch.Tensor:
+        """Frames -> the network's float input in [0, 1] (B.6), as a new tensor."""
+        return obs.to(torch.float32, copy=True).div_(255.0)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv layers on a `prepare`d input."""
+        return self.net(x)
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs.float() / 255.0)
+        return self.net(self.prepare(obs))
 
 
-class PixelEncoder(nn.Module):
-    """Conv trunk -> Linear(feature_dim) -> LayerNorm -> tanh (appendix B.2).
+class Encoder(nn.Module):
+    """Trunk -> head. `prepare(obs)` (raw observations -> network input) is split from `encode(x)`
+    so an update converts a batch once for all its passes; `head(h)` applies the head to trunk
+    output, so one trunk pass can serve several heads (the actor's and the critic's encoders share
+    the trunk but keep their own heads), and `flatten(h)` done once lets them share that copy too."""
 
-    `head(h)` applies fc/LN/tanh to trunk output, so one trunk pass can serve several heads (the
-    actor's and the critic's encoders share the trunk but keep their own heads).
-    """
+    trunk: nn.Module  # with prepare(obs) and run(x)
+
+    @staticmethod
+    def flatten(h: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) trunk output -> (B, C*H*W) in the logical NCHW order (a copy when the
+        trunk runs channels_last; a no-op on an already flat tensor)."""
+        return h.reshape(h.size(0), -1)
+
+    def prepare(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.trunk.prepare(obs)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk.run(x))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.prepare(obs))
+
+
+class PixelEncoder(Encoder):
+    """Conv trunk -> Linear(feature_dim) -> LayerNorm -> tanh (appendix B.2)."""
 
     def __init__(self, obs_shape: tuple[int, ...], feature_dim: int, num_layers: int = 4,
                  num_filters: int = 32, trunk: ConvTrunk | None = None) -> None:
@@ -47,26 +81,30 @@ class PixelEncoder(nn.Module):
         self.feature_dim = feature_dim
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        # reshape (not view): a channels_last trunk output is flattened in the logical NCHW order.
-        return torch.tanh(self.ln(self.fc(h.reshape(h.size(0), -1))))
-
-    def forward(self, obs: torch.Tensor, detach_trunk: bool = False) -> torch.Tensor:
-        h = self.trunk(obs)
-        return self.head(h.detach() if detach_trunk else h)
+        return torch.tanh(self.ln(self.fc(self.flatten(h))))
 
 
-class IdentityEncoder(nn.Module):
+class StateTrunk(nn.Module):
+    """SAC:state's trunk: the float state vector as it is."""
+
+    @staticmethod
+    def prepare(obs: torch.Tensor) -> torch.Tensor:
+        return obs.float()
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.prepare(obs)
+
+
+class IdentityEncoder(Encoder):
     """SAC:state: the proprioceptive vector is the feature."""
 
     def __init__(self, obs_shape: tuple[int, ...]) -> None:
         super().__init__()
+        self.trunk = StateTrunk()
         self.feature_dim = obs_shape[0]
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return h
-
-    def trunk(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs.float()
-
-    def forward(self, obs: torch.Tensor, detach_trunk: bool = False) -> torch.Tensor:
-        return obs.float()

@@ -1,5 +1,6 @@
 """Layers shared by the SAC+AE decoder and SLAC's model: transposed convolutions whose backward
-runs as the convolutions it is made of (same function and gradients; much faster on CPU)."""
+runs as the convolutions it is made of (same function and gradients; much faster on CPU), and a
+mean squared error whose gradient keeps the decoder's memory layout."""
 
 from __future__ import annotations
 
@@ -42,3 +43,28 @@ class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
             return super().forward(x)
         return _ConvTransposeFn.apply(x, self.weight, self.bias, self.stride[0], self.padding[0],
                                       self.output_padding[0])
+
+
+class _MeanSquaredError(torch.autograd.Function):
+    """mean((a - b)^2) with its gradient in a's memory layout. Autograd's own backward (and
+    F.mse_loss's) starts from an expanded scalar and comes out NCHW, which a channels_last decoder
+    then copies back to its layout twice per transposed conv."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        diff = a - b
+        ctx.save_for_backward(diff)
+        if diff.is_contiguous() or diff.is_contiguous(memory_format=torch.channels_last):
+            flat = diff.as_strided((diff.numel(),), (1,))  # dense in memory: one read, no squares stored
+            return torch.dot(flat, flat) / diff.numel()
+        return diff.square().mean()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[Any, ...]:
+        (diff,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return diff * (grad * (2.0 / diff.numel())), None
+
+
+def mean_squared_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """F.mse_loss(a, b) for a target b that needs no gradient, with a layout-preserving backward."""
+    return _MeanSquaredError.apply(a, b)
