@@ -115,6 +115,11 @@ def main() -> None:
     # Each update alternates actor/no-actor steps, so the mean over an even count is the per-update cost.
     ms = {m: statistics.mean(t for run in runs[m] for t in run["ms"]) for m in MODES}
     split = {m: {k: statistics.mean(run["split_ms"][k] for run in runs[m]) for k in PHASES} for m in MODES}
+
+    def per_round(mode: str) -> list[float]:
+        return [round(statistics.mean(ref["ms"]) / statistics.mean(run["ms"]), 2)
+                for ref, run in zip(runs["reference"], runs[mode])]
+
     result: dict[str, Any] = {
         "benchmark": "sac_ae_update",
         "config": "paper: 9x84x84 stacks, batch 128, hidden 1024, feature 50, 4 conv x 32 filters",
@@ -126,6 +131,9 @@ def main() -> None:
         "ms_per_update_bf16": round(ms["bf16"], 1),
         "speedup_f32": round(ms["reference"] / ms["optimized"], 2),
         "speedup_bf16": round(ms["reference"] / ms["bf16"], 2),
+        # Side by side within each round: how much of the spread is the machine's, not the code's.
+        "speedup_f32_per_round": per_round("optimized"),
+        "speedup_bf16_per_round": per_round("bf16"),
         "split_ms": {k: round(v, 1) for k, v in split["optimized"].items()},
         "split_ms_reference": {k: round(v, 1) for k, v in split["reference"].items()},
         "split_ms_bf16": {k: round(v, 1) for k, v in split["bf16"].items()},
