@@ -1,17 +1,20 @@
 """SLAC update cost on the CPU at the paper's sizes: one model update (32 windows of 9 frames) and
 one SAC update (256 windows), this implementation against a naive variant measured in the same run.
 
-    .venv/bin/python benchmarks/slac_update.py [--reps 8] [--threads 2] [--bf16]
+    .venv/bin/python benchmarks/slac_update.py [--reps 8] [--rounds 2] [--threads 2] [--bf16]
 
-naive:     what the reference PyTorch port does: NCHW float32 convolutions everywhere (the 1x1-output
-           layers as convolutions too, PyTorch's own transposed-conv backward), each window's 9
-           frames encoded once, all 2,304 frames of the SAC batch in one pass, Adam's for-loop.
-optimized: the agent's defaults, the same math: channels_last convolutions, the 1x1-output layers
-           as the GEMMs they are, transposed-conv gradients as convolutions, no-grad encoding in
-           chunks of 512 frames, fused Adam.
-Both start from the same weights; the first update of each is compared (same loss up to fp32
-rounding) before anything is timed. Variants are timed round-robin, so a busy machine slows them
-alike; medians are reported (and minima, the least disturbed runs).
+naive:       what the reference PyTorch port does: NCHW float32 convolutions everywhere (the 1x1-output
+             layers as convolutions too, PyTorch's own transposed-conv backward), each window's 9
+             frames encoded once, all 2,304 frames of the SAC batch in one pass, Adam's for-loop, and
+             glibc left to return activation buffers to the OS after each update (as that port runs);
+naive_tuned: the same with this project's allocator setting, to show how much of the gap that is;
+optimized:   the agent's defaults, the same math: channels_last convolutions, the 1x1-output layers
+             as the GEMMs they are, transposed-conv gradients as convolutions, no-grad encoding in
+             chunks of 512 frames, each frame converted once, fused Adam, tuned allocator.
+Each variant runs in a fresh process (the allocator setting is process-wide), rounds interleave the
+variants so a busy machine slows them alike, and medians are reported (minima too, the least
+disturbed runs). All variants start from the same weights and seeds; their first model and critic
+losses are compared (same math up to fp32 rounding) before anything is timed.
 
 The last line of output is one JSON object.
 """
@@ -22,8 +25,9 @@ import argparse
 import json
 import os
 import statistics
-import time
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -54,13 +58,13 @@ def make_replay(rng: np.random.Generator, episodes: int = 12, length: int = 250)
     return replay
 
 
-def make_agent(variant: str, weights: SlacAgent | None) -> SlacAgent:
-    """The variant's agent, with `weights`' network parameters (optimizers start fresh)."""
-    overrides: dict[str, Any] = {"naive": dict(channels_last=False, encode_chunk=0),
-                                 "optimized": {}, "optimized_bf16": dict(bf16=True)}[variant]
+def make_agent(variant: str) -> SlacAgent:
+    """The variant's agent; built right after torch.manual_seed(0), every variant has the same weights."""
+    overrides: dict[str, Any] = {"naive": dict(channels_last=False, encode_chunk=0), "optimized": {},
+                                 "optimized_bf16": dict(bf16=True)}[variant.removesuffix("_tuned")]
     cfg = C.resolve("slac", "paper", env=ENV, **overrides)
     agent = SlacAgent(cfg, (3, 64, 64), ACTION_DIM, torch.device("cpu"))  # type: ignore[arg-type]
-    if variant == "naive":  # the reference's layers and optimizer: plain convolutions, Adam's for-loop
+    if variant.startswith("naive"):  # the reference's layers and optimizer: plain convolutions, Adam's for-loop
         for m in agent.model.modules():
             if isinstance(m, DenseConv2d):
                 m.forward = types.MethodType(nn.Conv2d.forward, m)  # type: ignore[method-assign]
@@ -69,58 +73,70 @@ def make_agent(variant: str, weights: SlacAgent | None) -> SlacAgent:
         for name, opt in agent.optimizers().items():
             setattr(agent, name, torch.optim.Adam(opt.param_groups[0]["params"], lr=opt.param_groups[0]["lr"],
                                                   foreach=False))
-    if weights is not None:
-        for name, module in agent.modules().items():
-            module.load_state_dict(weights.modules()[name].state_dict())
     return agent
 
 
-def same_math(agents: dict[str, SlacAgent], replay: FrameReplay) -> dict[str, float]:
-    """Relative difference of the first model and critic losses against the naive variant."""
-    losses: dict[str, tuple[float, float]] = {}
-    for name, agent in agents.items():
-        rng = np.random.default_rng(7)
-        torch.manual_seed(7)
-        m = agent.update_model(replay.sample_windows(agent.cfg.model_batch_size, rng, agent.cfg.sequence_length))
-        s = agent.update_sac(replay.sample_windows(agent.cfg.batch_size, rng, agent.cfg.sequence_length))
-        losses[name] = (float(m["model_loss"]), float(s["critic_loss"]))
-    ref = losses["naive"]
-    return {name: max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(v, ref)) for name, v in losses.items()}
+def worker(variant: str, reps: int, threads: int) -> dict[str, Any]:
+    """One variant in this process: first losses (the same-math check, also the warm-up), then
+    `reps` timed model + SAC updates."""
+    if variant != "naive":
+        tune_allocator()  # as the workspace does; the reference port leaves glibc alone
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    replay = make_replay(rng)
+    agent = make_agent(variant)
+    cfg = agent.cfg
+    check_rng = np.random.default_rng(7)
+    torch.manual_seed(7)
+    m = agent.update_model(replay.sample_windows(cfg.model_batch_size, check_rng, cfg.sequence_length))
+    q = agent.update_sac(replay.sample_windows(cfg.batch_size, check_rng, cfg.sequence_length))
+    times: dict[str, list[float]] = {"model": [], "sac": []}
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        agent.update_model(replay.sample_windows(cfg.model_batch_size, rng, cfg.sequence_length))
+        t1 = time.perf_counter()
+        agent.update_sac(replay.sample_windows(cfg.batch_size, rng, cfg.sequence_length))
+        t2 = time.perf_counter()
+        times["model"].append(1000 * (t1 - t0))
+        times["sac"].append(1000 * (t2 - t1))
+    return {"variant": variant, "losses": [float(m["model_loss"]), float(q["critic_loss"])], **times,
+            "sizes": {"model_batch": cfg.model_batch_size, "sac_batch": cfg.batch_size,
+                      "sequence_length": cfg.sequence_length, "frames": 64, "z1": cfg.z1_dim, "z2": cfg.z2_dim,
+                      "hidden": cfg.model_hidden, "features": agent.feature_dim, "action_dim": ACTION_DIM}}
+
+
+def spawn(variant: str, reps: int, threads: int) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, "--worker", variant, "--reps", str(reps), "--threads", str(threads)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reps", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=8, help="timed updates per variant and round")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true",
                         help="also time the bf16-autocast variant (not the same rounding)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    tune_allocator()  # as the workspace does; applies to both variants alike
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    replay = make_replay(rng)
-    variants = ["naive", "optimized"] + (["optimized_bf16"] if args.bf16 else [])
-    first = make_agent("naive", None)
-    agents = {v: make_agent(v, first) for v in variants}
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.reps, args.threads)))
+        return
+    variants = ["naive", "naive_tuned", "optimized"] + (["optimized_bf16"] if args.bf16 else [])
     load_start = os.getloadavg()[0]
     t_start = time.perf_counter()
-    rel_diff = same_math(agents, replay)  # also the warm-up update of every variant
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for r in range(args.rounds):
+        for v in variants:
+            runs[v].append(spawn(v, args.reps, args.threads))
+            print(f"round {r}: {v:>15} model {statistics.median(runs[v][-1]['model']):7.1f} ms  "
+                  f"sac {statistics.median(runs[v][-1]['sac']):7.1f} ms", file=sys.stderr)
 
-    cfg = first.cfg
-    times: dict[str, dict[str, list[float]]] = {v: {"model": [], "sac": []} for v in variants}
-    for _ in range(args.reps):
-        for name, agent in agents.items():
-            t0 = time.perf_counter()
-            agent.update_model(replay.sample_windows(cfg.model_batch_size, rng, cfg.sequence_length))
-            t1 = time.perf_counter()
-            agent.update_sac(replay.sample_windows(cfg.batch_size, rng, cfg.sequence_length))
-            t2 = time.perf_counter()
-            times[name]["model"].append(1000 * (t1 - t0))
-            times[name]["sac"].append(1000 * (t2 - t1))
-
-    def summary(name: str) -> dict[str, float]:
-        m, s = times[name]["model"], times[name]["sac"]
+    def summary(v: str) -> dict[str, float]:
+        m = [t for run in runs[v] for t in run["model"]]
+        s = [t for run in runs[v] for t in run["sac"]]
         combined = [a + b for a, b in zip(m, s)]
         return {"ms_per_model_update": round(statistics.median(m), 1),
                 "ms_per_sac_update": round(statistics.median(s), 1),
@@ -128,26 +144,37 @@ def main() -> None:
                 "min_ms_per_combined_step": round(min(combined), 1)}
 
     results = {v: summary(v) for v in variants}
-    for name, r in results.items():
-        print(f"{name:>15}: model {r['ms_per_model_update']:8.1f} ms  sac {r['ms_per_sac_update']:8.1f} ms  "
+    ref_losses = runs["naive"][0]["losses"]
+    rel_diff = {v: max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(runs[v][0]["losses"], ref_losses))
+                for v in variants}
+    for v, r in results.items():
+        print(f"{v:>15}: model {r['ms_per_model_update']:8.1f} ms  sac {r['ms_per_sac_update']:8.1f} ms  "
               f"combined {r['ms_per_combined_step']:8.1f} ms (min {r['min_ms_per_combined_step']:.1f})  "
-              f"loss rel. diff vs naive {rel_diff[name]:.1e}")
+              f"loss rel. diff vs naive {rel_diff[v]:.1e}", file=sys.stderr)
     opt, naive = results["optimized"], results["naive"]
+
+    def combined_per_round(v: str) -> list[float]:
+        return [round(statistics.median([a + b for a, b in zip(ref["model"], ref["sac"])])
+                      / statistics.median([a + b for a, b in zip(run["model"], run["sac"])]), 2)
+                for ref, run in zip(runs["naive"], runs[v])]
+
     out: dict[str, Any] = {
         "benchmark": "slac_update",
         **opt,
         "naive": naive,
+        "naive_tuned": results["naive_tuned"],
         "speedup_combined": round(naive["ms_per_combined_step"] / opt["ms_per_combined_step"], 2),
+        "speedup_combined_per_round": combined_per_round("optimized"),
         "speedup_model": round(naive["ms_per_model_update"] / opt["ms_per_model_update"], 2),
         "speedup_sac": round(naive["ms_per_sac_update"] / opt["ms_per_sac_update"], 2),
+        "speedup_combined_vs_naive_tuned": round(results["naive_tuned"]["ms_per_combined_step"]
+                                                 / opt["ms_per_combined_step"], 2),
         "loss_rel_diff_vs_naive": {k: float(f"{v:.2e}") for k, v in rel_diff.items()},
-        "sizes": {"model_batch": cfg.model_batch_size, "sac_batch": cfg.batch_size,
-                  "sequence_length": cfg.sequence_length,
-                  "frames": 64, "z1": cfg.z1_dim, "z2": cfg.z2_dim, "hidden": cfg.model_hidden,
-                  "features": first.feature_dim, "action_dim": ACTION_DIM},
+        "sizes": runs["optimized"][0]["sizes"],
         "reps": args.reps,
+        "rounds": args.rounds,
         "device": "cpu",
-        "threads": torch.get_num_threads(),
+        "threads": args.threads,
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,

@@ -199,7 +199,7 @@ def test_model_terms_match_hand_values(valid: list[bool], frames: int) -> None:
                         torch.tensor([valid]))
     post.z1_mean = torch.ones_like(post.z1_mean)
     post.z1_std = torch.full_like(post.z1_std, 0.5)
-    images = torch.zeros(t1, 3, 64, 64, dtype=torch.uint8)
+    images = FrameEncoder.prepare(torch.zeros(t1, 3, 64, 64, dtype=torch.uint8))
     _, m = model.loss(images, post, torch.zeros(1, t1 - 1, A), torch.zeros(1, t1 - 1), torch.tensor([valid]))
 
     kl_per_frame = 2 * (math.log(1 / 0.5) + (0.25 + 1) / 2 - 0.5)  # two z1 dimensions

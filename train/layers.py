@@ -1,6 +1,7 @@
 """Layers shared by the SAC+AE decoder and SLAC's model: transposed convolutions whose backward
 runs as the convolutions it is made of (same function and gradients; much faster on CPU), and a
-mean squared error whose gradient keeps the decoder's memory layout."""
+squared error whose gradient keeps the decoder's memory layout (SAC+AE's reconstruction loss, SLAC's
+fixed-variance image likelihood)."""
 
 from __future__ import annotations
 
@@ -45,26 +46,38 @@ class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
                                       self.output_padding[0])
 
 
-class _MeanSquaredError(torch.autograd.Function):
-    """mean((a - b)^2) with its gradient in a's memory layout. Autograd's own backward (and
-    F.mse_loss's) starts from an expanded scalar and comes out NCHW, which a channels_last decoder
-    then copies back to its layout twice per transposed conv."""
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(N, ...) -> (N, D): a view where t is dense in NCHW or NHWC order (a row's element order
+    does not matter to a sum), a copy otherwise."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1).reshape(len(t), -1)
+    return t.reshape(len(t), -1)
+
+
+class _SquaredErrorSums(torch.autograd.Function):
+    """Per-sample sums of (a - b)^2 with the gradient in a's memory layout (b gets none). Autograd's
+    own backward of a reduction (and F.mse_loss's) starts from an expanded tensor and comes out
+    NCHW, which a channels_last decoder then copies back to its layout twice per transposed conv."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         diff = a - b
         ctx.save_for_backward(diff)
-        if diff.is_contiguous() or diff.is_contiguous(memory_format=torch.channels_last):
-            flat = diff.as_strided((diff.numel(),), (1,))  # dense in memory: one read, no squares stored
-            return torch.dot(flat, flat) / diff.numel()
-        return diff.square().mean()
+        rows = _rows(diff)
+        return torch.bmm(rows[:, None, :], rows[:, :, None]).view(-1)  # row dot products: one read, no squares stored
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[Any, ...]:
         (diff,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return diff * (grad * (2.0 / diff.numel())), None
+        return diff * (2.0 * grad).view(-1, *[1] * (diff.dim() - 1)), None
+
+
+def squared_error_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N,) sums over each sample of (a - b)^2, for a target b that needs no gradient; the
+    gradient keeps a's memory layout."""
+    return _SquaredErrorSums.apply(a, b)
 
 
 def mean_squared_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """F.mse_loss(a, b) for a target b that needs no gradient, with a layout-preserving backward."""
-    return _MeanSquaredError.apply(a, b)
+    """F.mse_loss(a, b) (mean reduction) with squared_error_sums' layout-keeping gradient."""
+    return squared_error_sums(a, b).sum() / a.numel()

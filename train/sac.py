@@ -158,8 +158,10 @@ class SacAgent(SacFamilyAgent):
         self.train_mode(True)
 
     def _adam(self, params: Any, lr: float, betas: tuple[float, float], weight_decay: float = 0.0) -> torch.optim.Adam:
-        # foreach: one kernel per parameter group step instead of one per tensor; identical math.
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=self.cfg.foreach_adam)
+        # foreach_adam: torch's fused Adam, one pass over every tensor of the group per step instead of
+        # several per tensor (the reference's loop); the same update rule.
+        multi = {"fused": True} if self.cfg.foreach_adam else {"foreach": False}
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, **multi)
 
     # ------------------------------------------------------------------ bookkeeping
     def modules(self) -> dict[str, nn.Module]:

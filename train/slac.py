@@ -16,9 +16,10 @@ the replay's windows and when acting (`HistoryPolicy`).
 
 Same math, less work: each window's 9 frames are encoded once per update, and in the SAC update
 those features (no autograd; in chunks, which bounds the activation memory) serve the filtering pass
-for the critic and the actor's history input alike; convolutions run channels_last, the layers with
-a 1x1 side as GEMMs and the decoder's gradients as convolutions (train/slac_model.py); Adam is
-fused. benchmarks/slac_update.py measures this against the reference's way. `bf16=true` adds
+for the critic and the actor's history input alike; the model update converts its frames to floats
+once, for the encoder and the image likelihood (whose gradient keeps the decoder's memory layout);
+convolutions run channels_last, the layers with a 1x1 side as GEMMs and the decoder's gradients as
+convolutions (train/slac_model.py); Adam is fused. benchmarks/slac_update.py measures this against the reference's way. `bf16=true` adds
 autocast for the conv encoder/decoder (faster on CPUs with AMX; different rounding).
 """
 
@@ -165,11 +166,18 @@ class SlacAgent(SacFamilyAgent):
         """uint8 (..., 3, H, W) -> (N, 3, H, W) on the device."""
         return torch.as_tensor(frames, device=self.device).flatten(0, -4)
 
-    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames -> the encoder's float input (and the image likelihood's target)."""
         if self.channels_last:  # per call: a chunk's layout change stays in cache
             frames = frames.contiguous(memory_format=torch.channels_last)
+        return FrameEncoder.prepare(frames)
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            return self.model.encoder(frames).float()
+            return self.model.encoder.run(pixels).float()
+
+    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return self._features(self._prepare(frames))
 
     @torch.no_grad()
     def _encode_no_grad(self, frames: torch.Tensor) -> torch.Tensor:
@@ -225,14 +233,14 @@ class SlacAgent(SacFamilyAgent):
         return metrics
 
     def update_model(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        frames = self._frames(batch["frames"])
+        pixels = self._prepare(self._frames(batch["frames"]))  # once: the encoder's input and the target
         action, reward, _, valid = self._window(batch)
         b, t1 = action.shape[0], action.shape[1] + 1
-        features = self._encode(frames).view(b, t1, -1)
+        features = self._features(pixels).view(b, t1, -1)
         post = self.model.filter(features, action, valid)
         with self._autocast():
             decoded = self.model.decoder(post.z.flatten(0, 1))
-        loss, metrics = self.model.loss(frames, post, action, reward, valid, decoded)
+        loss, metrics = self.model.loss(pixels, post, action, reward, valid, decoded)
         self.model_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.model_opt.step()

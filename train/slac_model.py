@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.layers import ConvTranspose2dConvGrad
+from train.layers import ConvTranspose2dConvGrad, squared_error_sums
 
 # The authors' TensorFlow code uses tf.nn.leaky_relu (slope 0.2); the paper does not give a slope.
 LEAKY_SLOPE = 0.2
@@ -126,7 +126,9 @@ class FrameEncoder(nn.Module):
     leaky ReLU after each. uint8 frames (N, 3, 64, 64) -> features (N, 8*base_depth).
 
     One frame in, one feature vector out: the actor's history input and the exported stateful
-    graph are built from per-frame features. Pixels are scaled to [0, 1] here (x_t in [0, 1]^64x64x3).
+    graph are built from per-frame features. Pixels are scaled to [0, 1] (x_t in [0, 1]^64x64x3) by
+    `prepare`, split from `run` so an update converts its frames once, for the encoder and the
+    image likelihood alike.
     """
 
     def __init__(self, base_depth: int = 32) -> None:
@@ -141,8 +143,17 @@ class FrameEncoder(nn.Module):
         )
         self.feature_dim = 8 * d
 
+    @staticmethod
+    def prepare(frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames -> float32 in [0, 1], a new tensor in the frames' memory layout."""
+        return frames.to(torch.float32, copy=True).div_(255.0)
+
+    def run(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`prepare`d frames (N, 3, 64, 64) -> features (N, F)."""
+        return self.net(pixels).flatten(1)
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.div(frames, 255.0)).flatten(1)  # uint8 / float: one pass, float32 out
+        return self.run(self.prepare(frames))
 
 
 class FrameDecoder(nn.Module):
@@ -241,13 +252,13 @@ class LatentModel(nn.Module):
         z1_mean, z1_std, z1s, z2s = (torch.stack(x, dim=1) for x in zip(*steps))
         return Filtered(z1_mean, z1_std, z1s, z2s, restart)
 
-    def loss(self, frames: torch.Tensor, post: Filtered, actions: torch.Tensor, rewards: torch.Tensor,
+    def loss(self, pixels: torch.Tensor, post: Filtered, actions: torch.Tensor, rewards: torch.Tensor,
              valid: torch.Tensor, decoded: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eq. (7): -[sum_t log p(x_t|z_t) + log p(r_t|z_t,a_t,z_{t+1}) - KL(q(z1_t|.) || p(z1_t|.))],
         summed over time, averaged over the batch.
 
-        frames: uint8 (B*(T+1), 3, 64, 64) targets (the encoder's input, any memory format);
-        `decoded`: the decoder's output for post.z if already computed (e.g. under autocast).
+        pixels: the (B*(T+1), 3, 64, 64) targets in [0, 1] (`FrameEncoder.prepare`, any memory
+        format); `decoded`: the decoder's output for post.z if already computed (e.g. under autocast).
         """
         b, t1 = post.z1.shape[:2]
         prior_mean, prior_std = self.z1_prior(post.z2[:, :-1], actions)
@@ -260,8 +271,10 @@ class LatentModel(nn.Module):
         z = post.z
         if decoded is None:
             decoded = self.decoder(z.flatten(0, 1))
-        target = frames.float() / 255.0
-        image_ll = gaussian_log_prob(target, decoded.float(), self.pixel_std).sum((1, 2, 3)).view(b, t1)
+        # log N(x; decoded, sigma^2) summed over a frame's pixels, in closed form over the squared error.
+        sq_err = squared_error_sums(decoded.float(), pixels).view(b, t1)
+        log_norm = pixels[0].numel() * (math.log(self.pixel_std) + 0.5 * LOG_2PI)
+        image_ll = -0.5 * sq_err / self.pixel_std**2 - log_norm
 
         reward_mean, reward_std = self.reward(z[:, :-1], actions, z[:, 1:])
         reward_ll = gaussian_log_prob(rewards, reward_mean.squeeze(-1), reward_std.squeeze(-1))  # (B, T)
