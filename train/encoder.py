@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from train.layers import unit_pixels
+
 
 def conv_output_size(image_size: int, num_layers: int) -> int:
     """Spatial size after the trunk: 3x3 convs, stride 2 first then stride 1, no padding."""
@@ -28,10 +30,7 @@ class ConvTrunk(nn.Module):
             layers += [nn.Conv2d(num_filters, num_filters, 3, stride=1), nn.ReLU(inplace=True)]
         self.net = nn.Sequential(*layers)
 
-    @staticmethod
-    def prepare(obs: torch.Tensor) -> torch.Tensor:
-        """Frames -> the network's float input in [0, 1] (B.6), as a new tensor."""
-        return obs.to(torch.float32, copy=True).div_(255.0)
+    prepare = staticmethod(unit_pixels)  # frames -> the network's float input in [0, 1] (B.6)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """The conv layers on a `prepare`d input."""

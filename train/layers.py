@@ -1,7 +1,7 @@
 """Layers shared by the SAC+AE decoder and SLAC's model: transposed convolutions whose backward
-runs as the convolutions it is made of (same function and gradients; much faster on CPU), and a
+runs as the convolutions it is made of (same function and gradients; much faster on CPU), a
 squared error whose gradient keeps the decoder's memory layout (SAC+AE's reconstruction loss, SLAC's
-fixed-variance image likelihood)."""
+fixed-variance image likelihood), and the pixel scaling both encoders start with."""
 
 from __future__ import annotations
 
@@ -44,6 +44,12 @@ class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
             return super().forward(x)
         return _ConvTransposeFn.apply(x, self.weight, self.bias, self.stride[0], self.padding[0],
                                       self.output_padding[0])
+
+
+def unit_pixels(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (or 0..255 float) frames -> float32 in [0, 1], a new tensor in the frames' memory
+    layout: both papers' network input (SAC+AE B.6, SLAC's x_t in [0, 1])."""
+    return frames.to(torch.float32, copy=True).div_(255.0)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

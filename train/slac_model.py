@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.layers import ConvTranspose2dConvGrad, squared_error_sums
+from train.layers import ConvTranspose2dConvGrad, squared_error_sums, unit_pixels
 
 # The authors' TensorFlow code uses tf.nn.leaky_relu (slope 0.2); the paper does not give a slope.
 LEAKY_SLOPE = 0.2
@@ -143,10 +143,7 @@ class FrameEncoder(nn.Module):
         )
         self.feature_dim = 8 * d
 
-    @staticmethod
-    def prepare(frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames -> float32 in [0, 1], a new tensor in the frames' memory layout."""
-        return frames.to(torch.float32, copy=True).div_(255.0)
+    prepare = staticmethod(unit_pixels)  # uint8 frames -> float32 in [0, 1]
 
     def run(self, pixels: torch.Tensor) -> torch.Tensor:
         """`prepare`d frames (N, 3, 64, 64) -> features (N, F)."""
