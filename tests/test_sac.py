@@ -175,3 +175,19 @@ def test_mean_squared_error_matches_mse_loss_and_keeps_the_layout(channels_last:
     torch.testing.assert_close(loss, torch.nn.functional.mse_loss(a, b))
     torch.testing.assert_close(grad, ref_grad)
     assert grad.is_contiguous(memory_format=fmt)  # no layout copies in a channels_last decoder's backward
+
+
+def test_bf16_autocast_update_stays_close_to_float32() -> None:
+    """`--set bf16=true`: the same update under bf16 autocast; losses within bf16 rounding of the
+    float32 ones, trunk and decoder still learning, parameters kept in float32."""
+    metrics = []
+    for bf16 in (False, True):
+        agent, replay = _agent("sac-ae", bf16=bf16)
+        trunk, dec = _clone(agent.critic.encoder.trunk), _clone(agent.decoder)
+        torch.manual_seed(3)
+        m = agent.update(replay, np.random.default_rng(3), step=0)
+        assert _changed(trunk, agent.critic.encoder.trunk) and _changed(dec, agent.decoder)
+        assert all(p.dtype == torch.float32 for p in agent.critic.parameters())
+        metrics.append(m)
+    for key in ("critic_loss", "rec_loss", "actor_loss"):
+        assert float(metrics[1][key]) == pytest.approx(float(metrics[0][key]), rel=0.05, abs=1e-3), key

@@ -372,3 +372,19 @@ def test_smoke_cli_run_and_resume(run_dir: Path) -> None:
     evals = [int(r["env_step"]) for r in _rows(run_dir / "eval.csv")]
     assert set(evals) == {0, 160, 320, 480} and evals[-1] == 480
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_000000480"
+
+
+def test_bf16_autocast_updates_stay_close_to_float32() -> None:
+    """`--set bf16=true`: the same update under bf16 autocast; losses within bf16 rounding of the
+    float32 ones, every network still learning, parameters kept in float32."""
+    batch = _replay().sample_windows(8, np.random.default_rng(3), 8)
+    losses = []
+    for bf16 in (False, True):
+        agent = _agent(bf16=bf16)
+        before = _params(agent.model)
+        torch.manual_seed(4)
+        metrics = {**agent.update_model(batch), **agent.update_sac(batch)}
+        assert _changed(before, agent.model) and all(torch.isfinite(v).all() for v in metrics.values())
+        assert all(p.dtype == torch.float32 for p in agent.model.parameters())
+        losses.append(float(metrics["model_loss"]))
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)

@@ -185,8 +185,10 @@ class SacAgent(SacFamilyAgent):
 
     def prepare(self, obs: torch.Tensor) -> torch.Tensor:
         """Observations as the networks take them (pixels as floats in [0, 1]): what the `update_*`
-        methods expect, so that a batch is converted once for all its passes."""
-        return self.critic.encoder.prepare(obs)
+        methods expect, so that a batch is converted once for all its passes. Under bf16 autocast
+        pixels go to bf16 here once, the cast the first conv would otherwise make on every pass."""
+        x = self.critic.encoder.prepare(obs)
+        return x.to(torch.bfloat16) if self.cfg.bf16 and self.pixels else x
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
