@@ -1,7 +1,7 @@
 """SLAC update cost on the CPU at the paper's sizes: one model update (32 windows of 9 frames) and
 one SAC update (256 windows), this implementation against a naive variant measured in the same run.
 
-    .venv/bin/python benchmarks/slac_update.py [--reps 8] [--rounds 2] [--threads 2] [--bf16]
+    .venv/bin/python benchmarks/slac_update.py [--reps 8] [--rounds 2] [--threads 2] [--bf16] [--device cuda]
 
 naive:       what the reference PyTorch port does: NCHW float32 convolutions everywhere (the 1x1-output
              layers as convolutions too, PyTorch's own transposed-conv backward), each window's 9
@@ -15,6 +15,9 @@ Each variant runs in a fresh process (the allocator setting is process-wide), ro
 variants so a busy machine slows them alike, and medians are reported (minima too, the least
 disturbed runs). All variants start from the same weights and seeds; their first model and critic
 losses are compared (same math up to fp32 rounding) before anything is timed.
+
+`--device cuda` runs the variants on the GPU, the replay's frames on the device as in training;
+each update is timed to the end of its GPU work.
 
 The last line of output is one JSON object.
 """
@@ -48,8 +51,9 @@ from machine import cpu_name  # noqa: E402
 ENV, ACTION_DIM = "cheetah-run", 6
 
 
-def make_replay(rng: np.random.Generator, episodes: int = 12, length: int = 250) -> FrameReplay:
-    replay = FrameReplay(episodes * (length + 1), (3, 64, 64), np.uint8, ACTION_DIM, check_memory=False)
+def make_replay(rng: np.random.Generator, device: torch.device, episodes: int = 12, length: int = 250) -> FrameReplay:
+    replay = FrameReplay(episodes * (length + 1), (3, 64, 64), np.uint8, ACTION_DIM, check_memory=False,
+                         device=device if device.type == "cuda" else None)
     for _ in range(episodes):
         replay.add_first(rng.integers(0, 256, (3, 64, 64), dtype=np.uint8))
         for _ in range(length):
@@ -58,12 +62,12 @@ def make_replay(rng: np.random.Generator, episodes: int = 12, length: int = 250)
     return replay
 
 
-def make_agent(variant: str) -> SlacAgent:
+def make_agent(variant: str, device: torch.device) -> SlacAgent:
     """The variant's agent; built right after torch.manual_seed(0), every variant has the same weights."""
     overrides: dict[str, Any] = {"naive": dict(channels_last=False, encode_chunk=0), "optimized": {},
                                  "optimized_bf16": dict(bf16=True)}[variant.removesuffix("_tuned")]
     cfg = C.resolve("slac", "paper", env=ENV, **overrides)
-    agent = SlacAgent(cfg, (3, 64, 64), ACTION_DIM, torch.device("cpu"))  # type: ignore[arg-type]
+    agent = SlacAgent(cfg, (3, 64, 64), ACTION_DIM, device)  # type: ignore[arg-type]
     if variant.startswith("naive"):  # the reference's layers and optimizer: plain convolutions, Adam's for-loop
         for m in agent.model.modules():
             if isinstance(m, DenseConv2d):
@@ -76,7 +80,7 @@ def make_agent(variant: str) -> SlacAgent:
     return agent
 
 
-def worker(variant: str, reps: int, threads: int) -> dict[str, Any]:
+def worker(variant: str, reps: int, threads: int, device_name: str) -> dict[str, Any]:
     """One variant in this process: first losses (the same-math check, also the warm-up), then
     `reps` timed model + SAC updates."""
     if variant != "naive":
@@ -84,8 +88,15 @@ def worker(variant: str, reps: int, threads: int) -> dict[str, Any]:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    replay = make_replay(rng)
-    agent = make_agent(variant)
+    device = torch.device(device_name)
+    replay = make_replay(rng, device)
+    agent = make_agent(variant, device)
+
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     cfg = agent.cfg
     check_rng = np.random.default_rng(7)
     torch.manual_seed(7)
@@ -93,11 +104,11 @@ def worker(variant: str, reps: int, threads: int) -> dict[str, Any]:
     q = agent.update_sac(replay.sample_windows(cfg.batch_size, check_rng, cfg.sequence_length))
     times: dict[str, list[float]] = {"model": [], "sac": []}
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = now()
         agent.update_model(replay.sample_windows(cfg.model_batch_size, rng, cfg.sequence_length))
-        t1 = time.perf_counter()
+        t1 = now()
         agent.update_sac(replay.sample_windows(cfg.batch_size, rng, cfg.sequence_length))
-        t2 = time.perf_counter()
+        t2 = now()
         times["model"].append(1000 * (t1 - t0))
         times["sac"].append(1000 * (t2 - t1))
     return {"variant": variant, "losses": [float(m["model_loss"]), float(q["critic_loss"])], **times,
@@ -106,9 +117,9 @@ def worker(variant: str, reps: int, threads: int) -> dict[str, Any]:
                       "hidden": cfg.model_hidden, "features": agent.feature_dim, "action_dim": ACTION_DIM}}
 
 
-def spawn(variant: str, reps: int, threads: int) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--worker", variant, "--reps", str(reps), "--threads", str(threads)],
-                          capture_output=True, text=True, check=True)
+def spawn(variant: str, reps: int, threads: int, device: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, "--worker", variant, "--reps", str(reps), "--threads", str(threads),
+                           "--device", device], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -119,10 +130,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true",
                         help="also time the bf16-autocast variant (not the same rounding)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the variants run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.reps, args.threads)))
+        print(json.dumps(worker(args.worker, args.reps, args.threads, args.device)))
         return
     variants = ["naive", "naive_tuned", "optimized"] + (["optimized_bf16"] if args.bf16 else [])
     load_start = os.getloadavg()[0]
@@ -130,7 +142,7 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for r in range(args.rounds):
         for v in variants:
-            runs[v].append(spawn(v, args.reps, args.threads))
+            runs[v].append(spawn(v, args.reps, args.threads, args.device))
             print(f"round {r}: {v:>15} model {statistics.median(runs[v][-1]['model']):7.1f} ms  "
                   f"sac {statistics.median(runs[v][-1]['sac']):7.1f} ms", file=sys.stderr)
 
@@ -173,7 +185,7 @@ def main() -> None:
         "sizes": runs["optimized"][0]["sizes"],
         "reps": args.reps,
         "rounds": args.rounds,
-        "device": "cpu",
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
         "threads": args.threads,
         "cpu": cpu_name(),
         "cores": os.cpu_count(),

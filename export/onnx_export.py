@@ -79,7 +79,8 @@ def load_run(run_dir: Path) -> LoadedRun:
     pixels = cfg.algo != "sac-state"
     obs_shape = (3 * cfg.frame_stack, cfg.image_size, cfg.image_size) if pixels else (facts.state_dim,)
     agent = make_agent(plain, obs_shape, facts.action_dim, torch.device("cpu"))
-    agent_state.pop("torch_rng", None)
+    for rng in ("torch_rng", "cuda_rng"):  # the training run's generators: nothing to export
+        agent_state.pop(rng, None)
     agent.load_state_dict(agent_state)
     agent.train_mode(False)
     return LoadedRun(cfg, agent, facts, int(state.get("env_step", 0)))

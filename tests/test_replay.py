@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from train.replay import FrameReplay, ReplayError
 
@@ -93,3 +94,24 @@ def test_save_load_roundtrip_links_unchanged_chunks(tmp_path: Path, monkeypatch:
         assert np.array_equal(getattr(restored, name), getattr(replay, name))
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
     assert np.array_equal(replay.sample(32, rng_a, 3)["obs"], restored.sample(32, rng_b, 3)["obs"])
+
+
+def test_device_mirror_serves_the_same_batches_and_survives_a_reload(tmp_path: Path) -> None:
+    """The GPU path (frames mirrored on the device, gathered there) must serve exactly what the host
+    path serves; torch's CPU device stands in for a GPU here."""
+    host = FrameReplay(40, (3, 2, 2), np.uint8, action_dim=1)
+    mirrored = FrameReplay(40, (3, 2, 2), np.uint8, action_dim=1, device=torch.device("cpu"))
+    for replay in (host, mirrored):
+        _fill(replay, [25, 30])  # wraps the ring
+    mirrored.save(tmp_path / "ckpt")
+    restored = FrameReplay(40, (3, 2, 2), np.uint8, action_dim=1, device=torch.device("cpu"))
+    restored.load(tmp_path / "ckpt")
+    for replay in (mirrored, restored):
+        a, b = host.sample(64, np.random.default_rng(4), 3), replay.sample(64, np.random.default_rng(4), 3)
+        assert isinstance(b["obs"], torch.Tensor) and b["obs"].shape == (64, 9, 2, 2)
+        for key in ("obs", "next_obs"):
+            assert np.array_equal(a[key], b[key].numpy())
+        assert np.array_equal(a["action"], b["action"])
+        wa = host.sample_windows(16, np.random.default_rng(5), 8)
+        wb = replay.sample_windows(16, np.random.default_rng(5), 8)
+        assert np.array_equal(wa["frames"], wb["frames"].numpy()) and np.array_equal(wa["valid"], wb["valid"])

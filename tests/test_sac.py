@@ -13,13 +13,15 @@ from train.layers import mean_squared_error
 from train.sac import SacAgent, reconstruction_target, uniform_noise
 
 
-def _agent(algo: str = "sac-ae", **kw: object) -> tuple[SacAgent, FrameReplay]:
+def _agent(algo: str = "sac-ae", mirror: bool = False, **kw: object) -> tuple[SacAgent, FrameReplay]:
+    """mirror: the replay gathers batches as torch tensors, as it does on a GPU."""
     cfg = C.resolve(algo, "smoke", **kw)
     pixels = algo != "sac-state"
     shape = (3, cfg.image_size, cfg.image_size) if pixels else (5,)
     torch.manual_seed(0)
     agent = SacAgent(cfg, (9, cfg.image_size, cfg.image_size) if pixels else shape, 1, torch.device("cpu"))
-    replay = FrameReplay(200, shape, np.uint8 if pixels else np.float32, 1)
+    replay = FrameReplay(200, shape, np.uint8 if pixels else np.float32, 1,
+                         device=torch.device("cpu") if mirror else None)
     rng = np.random.default_rng(0)
     for ep in range(3):
         replay.add_first(rng.integers(0, 255, shape).astype(replay.obs_dtype))
@@ -49,6 +51,16 @@ def test_actor_and_critic_share_the_trunk_but_not_the_head() -> None:
     assert agent.actor.encoder.trunk is agent.critic.encoder.trunk
     assert agent.actor.encoder.fc is not agent.critic.encoder.fc
     assert agent.critic_target.encoder.trunk is not agent.critic.encoder.trunk
+
+
+@pytest.mark.parametrize("algo", ["sac-ae", "sac-state"])
+def test_updates_from_a_device_mirrored_replay_match_the_host_path(algo: str) -> None:
+    runs = []
+    for mirror in (False, True):
+        agent, replay = _agent(algo, mirror=mirror)
+        rng = np.random.default_rng(2)
+        runs.append([{k: float(v) for k, v in agent.update(replay, rng, step).items()} for step in range(2)])
+    assert runs[0] == runs[1]
 
 
 def test_actor_loss_leaves_conv_weights_unchanged() -> None:

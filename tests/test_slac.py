@@ -53,9 +53,9 @@ def _frame(i: int) -> np.ndarray:
     return f
 
 
-def _replay(episodes: int = 3, length: int = 20, seed: int = 0) -> FrameReplay:
+def _replay(episodes: int = 3, length: int = 20, seed: int = 0, device: torch.device | None = None) -> FrameReplay:
     rng = np.random.default_rng(seed)
-    replay = FrameReplay(500, (3, 64, 64), np.uint8, A, check_memory=False)
+    replay = FrameReplay(500, (3, 64, 64), np.uint8, A, check_memory=False, device=device)
     i = 0
     for _ in range(episodes):
         replay.add_first(_frame(i))
@@ -216,6 +216,16 @@ def test_model_loss_falls_on_a_fixed_batch() -> None:
     batch = _replay().sample_windows(8, np.random.default_rng(1), agent.cfg.sequence_length)
     losses = [agent.update_model(batch)["model_loss"].item() for _ in range(30)]
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_updates_from_a_device_mirrored_replay_match_the_host_path() -> None:
+    """On a GPU the replay serves frames as device tensors; the update must not care."""
+    runs = []
+    for device in (None, torch.device("cpu")):
+        agent, replay = _agent(), _replay(device=device)
+        rng = np.random.default_rng(7)
+        runs.append([{k: float(v) for k, v in agent.update(replay, rng, step).items()} for step in range(2)])
+    assert runs[0] == runs[1]
 
 
 # ----------------------------------------------------------------------------- gradient routing

@@ -44,7 +44,10 @@ def save(run_dir: Path, env_step: int, agent_state: dict[str, Any], state: dict[
             shutil.rmtree(stale)
     tmp.mkdir()
     previous = latest(run_dir)
-    torch.save({**agent_state, "torch_rng": torch.get_rng_state()}, tmp / "agent.pt")
+    rng = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # the GPU's generator draws on-device noise
+        rng["cuda_rng"] = torch.cuda.get_rng_state()
+    torch.save({**agent_state, **rng}, tmp / "agent.pt")
     (tmp / "state.json").write_text(json.dumps(state))
     if replay is not None:
         replay.save(tmp / "replay", previous / "replay" if previous is not None else None)

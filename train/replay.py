@@ -12,6 +12,10 @@ SLAC windows and the runtime: repeat the episode's first frame, zero the actions
 Per slot at 84x84: 21,168 B of frame + 4*A (action) + 4 (reward) + 4 (discount) + 4 (step).
 The reference implementation stores obs and next_obs stacks per transition (127,040 B).
 
+On a GPU the observations are mirrored on the device (`device=`): an update gathers its batch
+there from indices drawn on the host, so no pixels cross the bus and nothing waits for the GPU
+inside an update. The host copy stays the one that checkpoints read.
+
 Checkpoints are chunked: a chunk file that did not change since the previous checkpoint is
 hard-linked instead of written again, so saving a large buffer costs only what is new.
 """
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from sacae_deploy.contract import PADDING_RULE
 from sacae_deploy.errors import SacaeError
@@ -48,10 +53,13 @@ def available_memory_bytes() -> int:
 
 
 class FrameReplay:
+    """`sample` and `sample_windows` return observations as numpy arrays, or as torch tensors on
+    `device` where one is given (the other fields stay small numpy arrays)."""
+
     padding_rule = PADDING_RULE  # recorded in config.json and in exported ONNX metadata
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: Any, action_dim: int,
-                 check_memory: bool = True, headroom_bytes: int = 2 << 30) -> None:
+                 check_memory: bool = True, headroom_bytes: int = 2 << 30, device: torch.device | None = None) -> None:
         if capacity < 2:
             raise ReplayError(f"replay capacity must be at least 2, got {capacity}")
         self.capacity = capacity
@@ -67,12 +75,28 @@ class FrameReplay:
                 f"headroom); lower it with --set replay_capacity=N")
         # np.zeros maps pages lazily: memory is committed as slots are written.
         self.obs = np.zeros((capacity, *self.obs_shape), dtype=self.obs_dtype)
+        self.device_obs = None if device is None else self._device_mirror(device, need, check_memory)
         self.action = np.zeros((capacity, action_dim), dtype=np.float32)
         self.reward = np.zeros(capacity, dtype=np.float32)
         self.discount = np.zeros(capacity, dtype=np.float32)
         self.step = np.zeros(capacity, dtype=np.int32)  # index of the slot within its episode
         self.total = 0  # slots ever written; slot of global index g is g % capacity
         self._dirty: set[int] = set()  # chunks written since the last save
+
+    def _device_mirror(self, device: torch.device, need: int, check_memory: bool) -> torch.Tensor:
+        if check_memory and device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if need > free // 2:  # the other half is for the networks' weights and activations
+                raise ReplayError(f"replay of {self.capacity:,} transitions needs {need / 2**30:.1f} GiB of GPU memory "
+                                  f"but {free / 2**30:.1f} GiB is free; lower it with --set replay_capacity=N")
+        dtype = torch.from_numpy(self.obs[:0]).dtype
+        return torch.zeros((self.capacity, *self.obs_shape), dtype=dtype, device=device)
+
+    def _observations(self, index: np.ndarray) -> np.ndarray | torch.Tensor:
+        """obs[index] (any index shape), gathered where the observations live."""
+        if self.device_obs is None:
+            return self.obs[index]
+        return self.device_obs[torch.from_numpy(index).to(self.device_obs.device, non_blocking=True)]
 
     # ------------------------------------------------------------------ writing
     def bytes_per_slot(self) -> int:
@@ -81,6 +105,8 @@ class FrameReplay:
     def _write(self, obs: np.ndarray, action: np.ndarray | None, reward: float, discount: float, step: int) -> None:
         i = self.total % self.capacity
         self.obs[i] = obs
+        if self.device_obs is not None:
+            self.device_obs[i].copy_(torch.from_numpy(self.obs[i]))
         self.action[i] = 0.0 if action is None else action
         self.reward[i] = reward
         self.discount[i] = discount
@@ -133,12 +159,12 @@ class FrameReplay:
         k = np.arange(back, -1, -1)[None, :]
         return (g[:, None] - np.minimum(k, s)) % self.capacity
 
-    def sample(self, batch: int, rng: np.random.Generator, stack: int) -> dict[str, np.ndarray]:
+    def sample(self, batch: int, rng: np.random.Generator, stack: int) -> dict[str, Any]:
         """SAC batch: obs and next_obs as (B, stack*C, H, W) (or (B, S) for states), action, reward, discount."""
         g = self._draw(rng, batch, stack - 1, need_next=True)
         idx = self._history_index(g, stack - 1)
         nxt = (g + 1) % self.capacity
-        frames = np.concatenate([self.obs[idx], self.obs[nxt][:, None]], axis=1)  # (B, stack+1, ...)
+        frames = self._observations(np.concatenate([idx, nxt[:, None]], axis=1))  # (B, stack+1, ...)
         b = len(g)
         obs = frames[:, :stack].reshape(b, -1, *self.obs_shape[1:])
         next_obs = frames[:, 1:].reshape(b, -1, *self.obs_shape[1:])
@@ -150,7 +176,7 @@ class FrameReplay:
             "next_obs": next_obs,
         }
 
-    def sample_windows(self, batch: int, rng: np.random.Generator, length: int) -> dict[str, np.ndarray]:
+    def sample_windows(self, batch: int, rng: np.random.Generator, length: int) -> dict[str, Any]:
         """SLAC windows ending at a random slot g: frames g-length..g (B, length+1, *obs_shape) and the
         `length` actions/rewards/discounts leading to frames g-length+1..g. Before the episode start the
         first frame is repeated and actions/rewards are zero (PADDING_RULE); `valid` marks real steps."""
@@ -162,7 +188,7 @@ class FrameReplay:
         valid = (self.step[g % self.capacity][:, None] - offsets) > 0
         mask = valid.astype(np.float32)
         return {
-            "frames": self.obs[idx],
+            "frames": self._observations(idx),
             "action": self.action[step_idx] * mask[..., None],
             "reward": self.reward[step_idx] * mask,
             "discount": np.where(valid, self.discount[step_idx], 1.0).astype(np.float32),
@@ -202,5 +228,7 @@ class FrameReplay:
                 for a in self._ARRAYS:
                     arr = data[a]
                     getattr(self, a)[start:start + len(arr)] = arr
+        if self.device_obs is not None:
+            self.device_obs.copy_(torch.from_numpy(self.obs))
         self.total = int(meta["total"])
         self._dirty.clear()

@@ -116,7 +116,8 @@ class Workspace:
         self.eval_env = build_env(cfg, cfg.seed + EVAL_SEED_OFFSET, render)
         obs = self.train_env.reset(seed=0)
         store_shape = newest(cfg, obs).shape
-        self.replay = FrameReplay(cfg.replay_capacity, store_shape, obs.dtype, self.train_env.action_dim)
+        self.replay = FrameReplay(cfg.replay_capacity, store_shape, obs.dtype, self.train_env.action_dim,
+                                  device=self.device if self.device.type == "cuda" else None)
         self.agent = make_agent(cfg, obs.shape, self.train_env.action_dim, self.device)
         self.env_step = self.agent_step = self.episode = 0
         self.pretrained = False
@@ -144,7 +145,10 @@ class Workspace:
         if path is None:  # killed before the first checkpoint: start over in the same directory
             return
         agent_state, state = checkpoint.load(path, self.device)
-        torch.set_rng_state(agent_state.pop("torch_rng"))
+        torch.set_rng_state(agent_state.pop("torch_rng").cpu())  # map_location moved it with the weights
+        cuda_rng = agent_state.pop("cuda_rng", None)
+        if cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng.cpu())
         self.agent.load_state_dict(agent_state)
         self.replay.load(path / "replay")
         self.rng.bit_generator.state = state["numpy_rng"]
