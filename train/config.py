@@ -280,6 +280,7 @@ class SlacConfig(CommonConfig):
     channels_last: bool = True
     encode_chunk: int = 512
     bf16: bool = False
+    cuda_graphs: bool = True  # on a GPU, each update replays as one CUDA graph (same kernels, one launch)
 
     def __post_init__(self) -> None:
         """Fill the values that depend on the env (action repeat, seed steps, pixel variance) and

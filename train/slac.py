@@ -19,8 +19,10 @@ those features (no autograd; in chunks, which bounds the activation memory) serv
 for the critic and the actor's history input alike; the model update converts its frames to floats
 once, for the encoder and the image likelihood (whose gradient keeps the decoder's memory layout);
 convolutions run channels_last, the layers with a 1x1 side as GEMMs and the decoder's gradients as
-convolutions (train/slac_model.py); Adam is fused. benchmarks/slac_update.py measures this against the reference's way. `bf16=true` adds
-autocast for the conv encoder/decoder (faster on CPUs with AMX; different rounding).
+convolutions (train/slac_model.py); Adam is fused. benchmarks/slac_update.py measures this against
+the reference's way. `bf16=true` adds autocast for the conv encoder/decoder (faster on CPUs with
+AMX; different rounding). On a GPU each update (model, SAC) replays as one CUDA graph
+(`cuda_graphs`, train/cuda_graph.py): the same kernels, launched once instead of one by one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torch import nn
 
 from train.agent_base import SacFamilyAgent
 from train.config import SlacConfig
+from train.cuda_graph import GraphedStep
 from train.encoder import IdentityEncoder
 from train.sac import Actor, Critic
 from train.slac_model import FrameEncoder, LatentModel
@@ -135,14 +138,19 @@ class SlacAgent(SacFamilyAgent):
             self.model.to(memory_format=torch.channels_last)
         self.log_alpha = torch.tensor(float(cfg.init_log_alpha), device=device, requires_grad=True)
         self.target_entropy = -float(action_dim)
+        # bf16 autocast caches its weight casts across calls, which a graph cannot replay.
+        self.graphs = cfg.cuda_graphs and device.type == "cuda" and not cfg.bf16
         self.model_opt = self._adam(self.model.parameters(), cfg.model_lr)
         self.actor_opt = self._adam(self.actor.parameters(), cfg.actor_lr)  # the conv encoder is not in here
         self.critic_opt = self._adam(self.critic.parameters(), cfg.critic_lr)
         self.alpha_opt = self._adam([self.log_alpha], cfg.alpha_lr)
+        self._model_step = GraphedStep(self._update_model, self.graphs)
+        self._sac_step = GraphedStep(self._update_sac, self.graphs)
 
     def _adam(self, params: Any, lr: float) -> torch.optim.Adam:
-        # Adam with its default betas (SAC, appendix C); fused: one kernel for the whole step, same update.
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        # Adam with its default betas (SAC, appendix C); fused: one kernel for the whole step, same
+        # update; capturable: its step count stays on the GPU, so a CUDA graph can hold the step.
+        return torch.optim.Adam(params, lr=lr, fused=True, capturable=self.graphs)
 
     # ------------------------------------------------------------------ exporter-facing modules
     @property
@@ -186,10 +194,12 @@ class SlacAgent(SacFamilyAgent):
         n = self.cfg.encode_chunk or len(frames)
         return torch.cat([self._encode(frames[i:i + n]) for i in range(0, len(frames), n)])
 
-    def _window(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
+    def _window(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """A sampled batch as the update steps take it: frames (N, 3, H, W), action, reward, discount, valid."""
         dev = self.device
-        return (torch.as_tensor(batch["action"], device=dev), torch.as_tensor(batch["reward"], device=dev),
-                torch.as_tensor(batch["discount"], device=dev), torch.as_tensor(batch["valid"], device=dev))
+        return (self._frames(batch["frames"]), torch.as_tensor(batch["action"], device=dev),
+                torch.as_tensor(batch["reward"], device=dev), torch.as_tensor(batch["discount"], device=dev),
+                torch.as_tensor(batch["valid"], device=dev))
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -232,9 +242,15 @@ class SlacAgent(SacFamilyAgent):
         metrics.update(self.update_sac(replay.sample_windows(cfg.batch_size, rng, cfg.sequence_length)))
         return metrics
 
-    def update_model(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        pixels = self._prepare(self._frames(batch["frames"]))  # once: the encoder's input and the target
-        action, reward, _, valid = self._window(batch)
+    def update_model(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self._model_step(*self._window(batch))
+
+    def update_sac(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return self._sac_step(*self._window(batch))
+
+    def _update_model(self, frames: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+                      discount: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        pixels = self._prepare(frames)  # once: the encoder's input and the target
         b, t1 = action.shape[0], action.shape[1] + 1
         features = self._features(pixels).view(b, t1, -1)
         post = self.model.filter(features, action, valid)
@@ -246,13 +262,13 @@ class SlacAgent(SacFamilyAgent):
         self.model_opt.step()
         return metrics
 
-    def update_sac(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    def _update_sac(self, frames: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
+                    discount: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        action, reward, discount, valid = self._window(batch)
         b, seq = action.shape[:2]
         h = cfg.history_length
         with torch.no_grad():
-            features = self._encode_no_grad(self._frames(batch["frames"])).view(b, seq + 1, -1)
+            features = self._encode_no_grad(frames).view(b, seq + 1, -1)
             z = self.model.filter(features, action, valid).z
         # The actor's history at the window's last step: frames seq-h+1..seq and the actions between them.
         history = SlacActor.history_input(features[:, seq + 1 - h:], action[:, seq + 1 - h:seq])

@@ -226,8 +226,9 @@ class LatentModel(nn.Module):
         if valid is None:
             valid = torch.ones(b, t1 - 1, dtype=torch.bool, device=features.device)
         restart = restart_mask(valid)
-        # One host sync: which steps need the restart branch at all (most windows have no padding).
-        any_restart = restart.any(dim=0).tolist()
+        # On the CPU one host sync finds the steps that need the restart branch at all (most windows
+        # have no padding); on a GPU both branches are cheaper than waiting, and a graph cannot wait.
+        any_restart = restart.any(dim=0).tolist() if restart.device.type == "cpu" else [True] * t1
         mean, std = self.z1_first_posterior(features[:, 0])
         z1 = _sample(mean, std)
         z2 = _sample(*self.z2_first(z1))
