@@ -1,20 +1,24 @@
 """SAC+AE update speed, paper configuration (9x84x84 stacks, batch 128, hidden 1024), on this machine.
 
-Three modes, each in a fresh process (the allocator setting is process-wide and cannot be undone),
-interleaved over rounds so machine noise hits all of them alike:
+Three modes, each in its own process (the allocator setting is process-wide and cannot be undone):
 - reference: the reference implementation's way (denisyarats/pytorch_sac_ae): NCHW, per-tensor
   Adam, every conv pass recomputed (the actor and critic heads and the decoder each re-encode obs),
   glibc left to return activation buffers to the OS after each update;
-- optimized: this project's defaults, same math (channels_last, foreach Adam, one shared trunk pass,
-  transposed-conv backward as convolutions, tuned allocator);
+- optimized: this project's defaults, same math (channels_last, fused Adam, one shared trunk pass,
+  transposed-conv backward as convolutions, the flattening linear layers reading channels_last maps
+  in place, parallel reconstruction noise, tuned allocator);
 - bf16: optimized plus bf16 autocast (`--set bf16=true`).
-Each update includes sampling the batch from a filled frame-once replay. Where CUDA is present, the
-optimized mode is also timed on the GPU (updates/s). `--device cuda` runs all three modes on the
-GPU instead, with the replay's frames on the device as training keeps them there; GPU updates are
-timed as a block (they queue without waiting for each other) and their phase split in a separate
-pass, since timing a phase means waiting for the GPU at its edges.
+The three processes stay alive and run in lockstep: update i of every mode runs back to back (the
+order rotating), so a busy host (this VM's CPU steal swings the speed by 2x within minutes) slows
+the modes of one step alike, and each step gives a paired ratio. The headline speedups are the
+medians of those per-step ratios; the ratios of the mean times are reported beside them. Each update
+includes sampling the batch from a filled frame-once replay. Where CUDA is present, the optimized
+mode is also timed on the GPU (updates/s). `--device cuda` runs all three modes on the GPU instead,
+with the replay's frames on the device as training keeps them there; GPU updates are timed as a
+block (they queue without waiting for each other) and their phase split in a separate pass, since
+timing a phase means waiting for the GPU at its edges.
 
-    python benchmarks/sac_ae_update.py [--updates 8] [--rounds 2] [--device cuda]
+    python benchmarks/sac_ae_update.py [--updates 24] [--device cuda]
 
 Prints one JSON object as its last line.
 """
@@ -22,16 +26,16 @@ Prints one JSON object as its last line.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
-from machine import describe  # noqa: E402
+import lockstep  # noqa: E402
+from lockstep import serve  # noqa: E402
+from machine import StealMeter, describe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = {
@@ -42,7 +46,9 @@ MODES = {
 PHASES = ("sample", "critic", "actor", "target", "decoder")
 
 
-def worker(mode: str, updates: int, device_name: str) -> dict[str, Any]:
+def worker(mode: str, device_name: str) -> None:
+    """Serve `step` (one update, timed by phase) and `block N` (N updates timed as one block: the
+    GPU's rate) requests (lockstep.serve)."""
     sys.path.insert(0, str(ROOT))
     import numpy as np
     import torch
@@ -65,7 +71,7 @@ def worker(mode: str, updates: int, device_name: str) -> dict[str, Any]:
             replay.add(rng.integers(0, 256, (3, 84, 84), dtype=np.uint8), rng.uniform(-1, 1, 1).astype(np.float32),
                        float(rng.normal()), 1.0)
     agent = SacAgent(cfg, (9, 84, 84), 1, device)
-    times: dict[str, float] = collections.defaultdict(float)
+    times: dict[str, float] = {}
 
     def sync() -> None:
         if device.type == "cuda":
@@ -77,78 +83,71 @@ def worker(mode: str, updates: int, device_name: str) -> dict[str, Any]:
         start = time.perf_counter()
         yield
         sync()
-        times[name] += time.perf_counter() - start
+        times[name] = times.get(name, 0.0) + time.perf_counter() - start
 
+    step = 0
     for step in range(4):  # warm-up: allocator, kernels, both parities of the actor schedule
         agent.update(replay, rng, step)
-    times.clear()
-    per_update = []
-    if device.type == "cuda":
+
+    def handle(command: list[str]) -> dict[str, Any]:
+        nonlocal step
+        times.clear()
+        n = int(command[1]) if command[0] == "block" else 1
         sync()
         start = time.perf_counter()
-        for step in range(updates):
-            agent.update(replay, rng, step)
+        for _ in range(n):
+            step += 1
+            agent.update(replay, rng, step, section=section if command[0] == "step" else None)
         sync()
-        per_update = [(time.perf_counter() - start) / updates] * updates
-        times.clear()
-        for step in range(updates):
-            agent.update(replay, rng, step, section=section)
-    else:
-        for step in range(updates):
-            sync()
-            start = time.perf_counter()
-            agent.update(replay, rng, step, section=section)
-            sync()
-            per_update.append(time.perf_counter() - start)
-    return {"mode": mode, "device": device_name, "ms": [t * 1e3 for t in per_update],
-            "split_ms": {k: times[k] * 1e3 / updates for k in PHASES}, "threads": torch.get_num_threads()}
+        return {"ms": (time.perf_counter() - start) * 1e3 / n, "split_ms": {k: v * 1e3 for k, v in times.items()}}
+
+    serve({"threads": torch.get_num_threads()}, handle)
 
 
-def spawn(mode: str, updates: int, device: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--worker", mode, "--updates", str(updates), "--device", device],
-                          capture_output=True, text=True, check=True, cwd=ROOT)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def gpu_rate(mode: str, updates: int) -> float:
+    """Updates per second of one mode on the GPU, timed as one block."""
+    w = lockstep.start(__file__, [mode], "--device", "cuda")[mode]
+    rate = 1e3 / w.ask(f"block {updates}")["ms"]
+    w.close()
+    return round(rate, 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--updates", type=int, default=8, help="timed updates per mode and round (even)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--updates", type=int, default=24, help="timed updates per mode (even: the actor runs every 2nd)")
     parser.add_argument("--worker", choices=sorted(MODES))
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the modes run")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.updates, args.device)))
+        worker(args.worker, args.device)
         return
 
-    runs: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for r in range(args.rounds):
-        for mode in MODES:
-            runs[mode].append(spawn(mode, args.updates, args.device))
-            print(f"round {r}: {mode:9s} {statistics.mean(runs[mode][-1]['ms']):8.1f} ms/update", file=sys.stderr)
-    # Each update alternates actor/no-actor steps, so the mean over an even count is the per-update cost.
-    ms = {m: statistics.mean(t for run in runs[m] for t in run["ms"]) for m in MODES}
-    split = {m: {k: statistics.mean(run["split_ms"][k] for run in runs[m]) for k in PHASES} for m in MODES}
-
-    def per_round(mode: str) -> list[float]:
-        return [round(statistics.mean(ref["ms"]) / statistics.mean(run["ms"]), 2)
-                for ref, run in zip(runs["reference"], runs[mode])]
+    steal = StealMeter()
+    runs, ready = lockstep.run(__file__, list(MODES), args.updates, "--device", args.device,
+                        show=lambda r: ", ".join(f"{m} {r[m]['ms']:.0f} ms" for m in MODES))
+    ms = {m: statistics.mean(r["ms"] for r in runs[m]) for m in MODES}
+    split = {m: {k: statistics.mean(r["split_ms"].get(k, 0.0) for r in runs[m]) for k in PHASES} for m in MODES}
+    f32, bf16 = (lockstep.paired([r["ms"] for r in runs["reference"]], [r["ms"] for r in runs[m]])
+                 for m in ("optimized", "bf16"))
 
     result: dict[str, Any] = {
         "benchmark": "sac_ae_update",
         "config": "paper: 9x84x84 stacks, batch 128, hidden 1024, feature 50, 4 conv x 32 filters",
         "machine": describe(),
+        "cpu_steal": steal.fraction(),
         "device": args.device,
-        "threads": runs["optimized"][0]["threads"],
-        "updates_timed": args.updates * args.rounds,
+        "threads": ready["optimized"]["threads"],
+        "updates_timed": args.updates,
         "ms_per_update": round(ms["optimized"], 1),
         "ms_per_update_reference": round(ms["reference"], 1),
         "ms_per_update_bf16": round(ms["bf16"], 1),
-        "speedup_f32": round(ms["reference"] / ms["optimized"], 2),
-        "speedup_bf16": round(ms["reference"] / ms["bf16"], 2),
-        # Side by side within each round: how much of the spread is the machine's, not the code's.
-        "speedup_f32_per_round": per_round("optimized"),
-        "speedup_bf16_per_round": per_round("bf16"),
+        # Medians of the per-step paired ratios (robust to the host's bursts), and their quartiles.
+        "speedup_f32": f32["median"],
+        "speedup_bf16": bf16["median"],
+        "speedup_f32_quartiles": f32["quartiles"],
+        "speedup_bf16_quartiles": bf16["quartiles"],
+        "speedup_f32_of_means": f32["of_means"],
+        "speedup_bf16_of_means": bf16["of_means"],
         "split_ms": {k: round(v, 1) for k, v in split["optimized"].items()},
         "split_ms_reference": {k: round(v, 1) for k, v in split["reference"].items()},
         "split_ms_bf16": {k: round(v, 1) for k, v in split["bf16"].items()},
@@ -157,12 +156,11 @@ def main() -> None:
     import torch
 
     if args.device == "cuda":
-        result["updates_per_s"] = {m: round(1e3 / ms[m], 1) for m in MODES}
+        result["updates_per_s"] = {m: gpu_rate(m, max(args.updates, 50)) for m in MODES}
         result["cuda_device"] = torch.cuda.get_device_name(0)
         del result["targets"]  # the speed targets are the CPU's
     elif torch.cuda.is_available():
-        gpu = spawn("optimized", max(args.updates, 50), "cuda")
-        result["cuda_updates_per_s"] = round(1e3 / statistics.mean(gpu["ms"]), 1)
+        result["cuda_updates_per_s"] = gpu_rate("optimized", max(args.updates, 50))
         result["cuda_device"] = torch.cuda.get_device_name(0)
     print(json.dumps(result))
 

@@ -1,7 +1,7 @@
 """SLAC update cost on the CPU at the paper's sizes: one model update (32 windows of 9 frames) and
 one SAC update (256 windows), this implementation against a naive variant measured in the same run.
 
-    .venv/bin/python benchmarks/slac_update.py [--reps 8] [--rounds 2] [--threads 2] [--bf16] [--device cuda]
+    .venv/bin/python benchmarks/slac_update.py [--steps 16] [--threads 2] [--bf16] [--device cuda]
 
 naive:       what the reference PyTorch port does: NCHW float32 convolutions everywhere (the 1x1-output
              layers as convolutions too, PyTorch's own transposed-conv backward), each window's 9
@@ -10,11 +10,12 @@ naive:       what the reference PyTorch port does: NCHW float32 convolutions eve
 naive_tuned: the same with this project's allocator setting, to show how much of the gap that is;
 optimized:   the agent's defaults, the same math: channels_last convolutions, the 1x1-output layers
              as the GEMMs they are, transposed-conv gradients as convolutions, no-grad encoding in
-             chunks of 512 frames, each frame converted once, fused Adam, tuned allocator; on a
-             GPU each update replays as one CUDA graph.
-Each variant runs in a fresh process (the allocator setting is process-wide), rounds interleave the
-variants so a busy machine slows them alike, and medians are reported (minima too, the least
-disturbed runs). All variants start from the same weights and seeds; their first model and critic
+             chunks of 512 frames with each conv's leaky ReLU fused into it, each frame converted once,
+             fused Adam, tuned allocator; on a GPU each update replays as one CUDA graph.
+Each variant runs in its own process (the allocator setting is process-wide) and the variants run
+in lockstep (benchmarks/lockstep.py: step i of every variant back to back, the order rotating), so a
+burst of CPU steal slows one step's variants alike; the speedup is the median of the per-step
+paired ratios, medians and minima of the times are reported. All variants start from the same weights and seeds; their first model and critic
 losses are compared (same math up to fp32 rounding) before anything is timed.
 
 `--device cuda` runs the variants on the GPU, the replay's frames on the device as in training;
@@ -29,7 +30,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -47,7 +47,9 @@ from train.replay import FrameReplay  # noqa: E402
 from train.slac import SlacAgent  # noqa: E402
 from train.slac_model import DenseConv2d, DenseConvTranspose2d, UpConv2d  # noqa: E402
 from train.torch_utils import tune_allocator  # noqa: E402
-from machine import cpu_name  # noqa: E402
+import lockstep  # noqa: E402
+from lockstep import serve  # noqa: E402
+from machine import StealMeter, cpu_name  # noqa: E402
 
 ENV, ACTION_DIM = "cheetah-run", 6
 
@@ -81,9 +83,9 @@ def make_agent(variant: str, device: torch.device) -> SlacAgent:
     return agent
 
 
-def worker(variant: str, reps: int, threads: int, device_name: str) -> dict[str, Any]:
-    """One variant in this process: first losses (the same-math check, also the warm-up), then
-    `reps` timed model + SAC updates."""
+def worker(variant: str, threads: int, device_name: str) -> None:
+    """One variant in this process: first losses (the same-math check, also the warm-up), then a
+    timed model + SAC update per `step` request (lockstep.serve)."""
     if variant != "naive":
         tune_allocator()  # as the workspace does; the reference port leaves glibc alone
     torch.set_num_threads(threads)
@@ -103,31 +105,24 @@ def worker(variant: str, reps: int, threads: int, device_name: str) -> dict[str,
     torch.manual_seed(7)
     m = agent.update_model(replay.sample_windows(cfg.model_batch_size, check_rng, cfg.sequence_length))
     q = agent.update_sac(replay.sample_windows(cfg.batch_size, check_rng, cfg.sequence_length))
-    times: dict[str, list[float]] = {"model": [], "sac": []}
-    for _ in range(reps):
+
+    def step(command: list[str]) -> dict[str, float]:
         t0 = now()
         agent.update_model(replay.sample_windows(cfg.model_batch_size, rng, cfg.sequence_length))
         t1 = now()
         agent.update_sac(replay.sample_windows(cfg.batch_size, rng, cfg.sequence_length))
         t2 = now()
-        times["model"].append(1000 * (t1 - t0))
-        times["sac"].append(1000 * (t2 - t1))
-    return {"variant": variant, "losses": [float(m["model_loss"]), float(q["critic_loss"])], **times,
-            "sizes": {"model_batch": cfg.model_batch_size, "sac_batch": cfg.batch_size,
-                      "sequence_length": cfg.sequence_length, "frames": 64, "z1": cfg.z1_dim, "z2": cfg.z2_dim,
-                      "hidden": cfg.model_hidden, "features": agent.feature_dim, "action_dim": ACTION_DIM}}
+        return {"model": 1000 * (t1 - t0), "sac": 1000 * (t2 - t1)}
 
-
-def spawn(variant: str, reps: int, threads: int, device: str) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, __file__, "--worker", variant, "--reps", str(reps), "--threads", str(threads),
-                           "--device", device], capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    serve({"losses": [float(m["model_loss"]), float(q["critic_loss"])],
+           "sizes": {"model_batch": cfg.model_batch_size, "sac_batch": cfg.batch_size,
+                     "sequence_length": cfg.sequence_length, "frames": 64, "z1": cfg.z1_dim, "z2": cfg.z2_dim,
+                     "hidden": cfg.model_hidden, "features": agent.feature_dim, "action_dim": ACTION_DIM}}, step)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reps", type=int, default=8, help="timed updates per variant and round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=16, help="timed model + SAC updates per variant")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true",
                         help="also time the bf16-autocast variant (not the same rounding)")
@@ -135,21 +130,16 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.reps, args.threads, args.device)))
+        worker(args.worker, args.threads, args.device)
         return
     variants = ["naive", "naive_tuned", "optimized"] + (["optimized_bf16"] if args.bf16 else [])
-    load_start = os.getloadavg()[0]
+    steal = StealMeter()
     t_start = time.perf_counter()
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
-    for r in range(args.rounds):
-        for v in variants:
-            runs[v].append(spawn(v, args.reps, args.threads, args.device))
-            print(f"round {r}: {v:>15} model {statistics.median(runs[v][-1]['model']):7.1f} ms  "
-                  f"sac {statistics.median(runs[v][-1]['sac']):7.1f} ms", file=sys.stderr)
+    runs, ready = lockstep.run(__file__, variants, args.steps, "--threads", str(args.threads), "--device", args.device,
+                               show=lambda r: ", ".join(f"{v} {r[v]['model']:.0f}+{r[v]['sac']:.0f} ms" for v in variants))
 
     def summary(v: str) -> dict[str, float]:
-        m = [t for run in runs[v] for t in run["model"]]
-        s = [t for run in runs[v] for t in run["sac"]]
+        m, s = [r["model"] for r in runs[v]], [r["sac"] for r in runs[v]]
         combined = [a + b for a, b in zip(m, s)]
         return {"ms_per_model_update": round(statistics.median(m), 1),
                 "ms_per_sac_update": round(statistics.median(s), 1),
@@ -157,8 +147,8 @@ def main() -> None:
                 "min_ms_per_combined_step": round(min(combined), 1)}
 
     results = {v: summary(v) for v in variants}
-    ref_losses = runs["naive"][0]["losses"]
-    rel_diff = {v: max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(runs[v][0]["losses"], ref_losses))
+    ref_losses = ready["naive"]["losses"]
+    rel_diff = {v: max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ready[v]["losses"], ref_losses))
                 for v in variants}
     for v, r in results.items():
         print(f"{v:>15}: model {r['ms_per_model_update']:8.1f} ms  sac {r['ms_per_sac_update']:8.1f} ms  "
@@ -166,38 +156,39 @@ def main() -> None:
               f"loss rel. diff vs naive {rel_diff[v]:.1e}", file=sys.stderr)
     opt, naive = results["optimized"], results["naive"]
 
-    def combined_per_round(v: str) -> list[float]:
-        return [round(statistics.median([a + b for a, b in zip(ref["model"], ref["sac"])])
-                      / statistics.median([a + b for a, b in zip(run["model"], run["sac"])]), 2)
-                for ref, run in zip(runs["naive"], runs[v])]
+    def combined(v: str) -> list[float]:
+        return [r["model"] + r["sac"] for r in runs[v]]
 
+    paired = lockstep.paired(combined("naive"), combined("optimized"))
     out: dict[str, Any] = {
         "benchmark": "slac_update",
         **opt,
         "naive": naive,
         "naive_tuned": results["naive_tuned"],
-        "speedup_combined": round(naive["ms_per_combined_step"] / opt["ms_per_combined_step"], 2),
-        "speedup_combined_per_round": combined_per_round("optimized"),
+        # The median of the per-step paired ratios (robust to the host's bursts), their quartiles,
+        # and the ratio of the mean times.
+        "speedup_combined": paired["median"],
+        "speedup_combined_quartiles": paired["quartiles"],
+        "speedup_combined_of_means": paired["of_means"],
         "speedup_model": round(naive["ms_per_model_update"] / opt["ms_per_model_update"], 2),
         "speedup_sac": round(naive["ms_per_sac_update"] / opt["ms_per_sac_update"], 2),
         "speedup_combined_vs_naive_tuned": round(results["naive_tuned"]["ms_per_combined_step"]
                                                  / opt["ms_per_combined_step"], 2),
         "loss_rel_diff_vs_naive": {k: float(f"{v:.2e}") for k, v in rel_diff.items()},
-        "sizes": runs["optimized"][0]["sizes"],
-        "reps": args.reps,
-        "rounds": args.rounds,
+        "sizes": ready["optimized"]["sizes"],
+        "steps": args.steps,
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
         "threads": args.threads,
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
-        "loadavg_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],  # other work on the machine
+        "cpu_steal": steal.fraction(),  # CPU time the hypervisor gave to other guests
         "wall_s": round(time.perf_counter() - t_start, 1),
     }
     if args.bf16:
         bf = results["optimized_bf16"]
         out["optimized_bf16"] = bf
-        out["speedup_combined_bf16"] = round(naive["ms_per_combined_step"] / bf["ms_per_combined_step"], 2)
+        out["speedup_combined_bf16"] = lockstep.paired(combined("naive"), combined("optimized_bf16"))["median"]
     print(json.dumps(out))
 
 

@@ -9,7 +9,7 @@ import torch
 
 from train import config as C
 from train.replay import FrameReplay
-from train.layers import mean_squared_error
+from train.layers import linear_to_map, map_linear, mean_squared_error
 from train.sac import SacAgent, reconstruction_target, uniform_noise
 
 
@@ -92,7 +92,7 @@ def test_reused_trunk_pass_gives_the_same_actor_update() -> None:
     b, _ = _agent()
     x = _batch(a, replay)[0]
     torch.manual_seed(5)
-    a.update_actor_and_alpha(x, a.critic.encoder.flatten(a.critic.encoder.trunk.run(x)))
+    a.update_actor_and_alpha(x, a.critic.encoder.trunk.run(x))
     torch.manual_seed(5)
     b.update_actor_and_alpha(x, None)
     for pa, pb in zip(a.actor.parameters(), b.actor.parameters()):
@@ -141,6 +141,29 @@ def test_reconstruction_noise_is_seeded_and_layout_free() -> None:
     a = uniform_noise(torch.Size((2, 9, 8, 8)), np.random.default_rng(4), torch.device("cpu"))
     b = uniform_noise(torch.Size((2, 9, 8, 8)), np.random.default_rng(4), torch.device("cpu"))
     assert torch.equal(a, b) and a.is_contiguous() and 0 <= float(a.min()) and float(a.max()) < 1
+    odd = uniform_noise(torch.Size((3, 5, 7)), np.random.default_rng(4), torch.device("cpu"))  # not a multiple of the chunks
+    assert odd.shape == (3, 5, 7) and len(torch.unique(odd)) == odd.numel()  # every chunk filled, none repeated
+    other = uniform_noise(torch.Size((2, 9, 8, 8)), np.random.default_rng(5), torch.device("cpu"))
+    assert not torch.equal(a, other)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_map_layers_compute_flatten_linear_in_either_layout(channels_last: bool) -> None:
+    """map_linear / linear_to_map (the encoder's fc, the decoder's fc) are Linear on the NCHW-flattened
+    map; for channels_last maps they read and write that layout in place: the gradient keeps it."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    lin = torch.nn.Linear(4 * 5 * 6, 7)
+    x = torch.randn(3, 4, 5, 6).contiguous(memory_format=fmt).requires_grad_()
+    y = map_linear(x, lin.weight, lin.bias)
+    torch.testing.assert_close(y, lin(x.detach().flatten(1)))
+    y.sum().backward()
+    assert x.grad is not None and x.grad.is_contiguous(memory_format=fmt)
+
+    up = torch.nn.Linear(7, 4 * 5 * 6)
+    z = torch.randn(3, 7)
+    m = linear_to_map(z, up.weight.view(4, 5, 6, 7), up.bias.view(4, 5, 6), channels_last)
+    torch.testing.assert_close(m, up(z).view(3, 4, 5, 6))
+    assert m.is_contiguous(memory_format=fmt)
 
 
 def test_paper_preset_is_the_paper() -> None:

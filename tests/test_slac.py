@@ -21,6 +21,8 @@ from torch import nn
 
 from sacae_deploy.contract import PADDING_RULE
 from train import config as C
+from train.encoder import ConvTrunk
+from train.layers import run_conv_stack
 from train.replay import FrameReplay
 from train.slac import HistoryPolicy, SlacAgent
 from train.slac_model import (DenseConv2d, DenseConvTranspose2d, FrameDecoder, FrameEncoder, Gaussian, LatentModel,
@@ -126,6 +128,26 @@ def test_fast_layers_compute_the_plain_layers(make: Callable[[], tuple[nn.Module
     torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
     for p, q in zip(fast.parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: FrameEncoder(8).net, (4, 3, 64, 64)),
+    (lambda: ConvTrunk(9, 4, 8).net, (4, 9, 21, 21)),
+], ids=["slac_encoder", "sac_ae_trunk"])
+def test_no_grad_conv_stacks_fuse_their_activations_without_changing_values(
+        make: Callable[[], nn.Sequential], shape: tuple[int, ...]) -> None:
+    """No-grad channels_last passes (target encodings, SLAC's batch encoding, acting) run each conv
+    with its activation as one oneDNN op: the plain layers' values; with autograd, the plain layers."""
+    net = make().to(memory_format=torch.channels_last)
+    x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        fused = run_conv_stack(net, x)
+    assert "mkldnn::_convolution_pointwise" in {e.name for e in prof.events()}
+    with torch.no_grad():
+        plain = net(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    run_conv_stack(net, x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
 
 
 def test_filter_and_heads_shapes() -> None:

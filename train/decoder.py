@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from train.encoder import conv_output_size
-from train.layers import ConvTranspose2dConvGrad
+from train.layers import ConvTranspose2dConvGrad, is_channels_last, linear_to_map
 
 
 class PixelDecoder(nn.Module):
@@ -30,5 +30,9 @@ class PixelDecoder(nn.Module):
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = torch.relu_(self.fc(z)).view(-1, self.num_filters, self.out_size, self.out_size)
-        return self.deconvs(h)
+        # fc's outputs come out in the transposed convs' memory layout (no NCHW -> channels_last copy).
+        c, s = self.num_filters, self.out_size
+        weight = self.fc.weight.view(c, s, s, -1)
+        channels_last = is_channels_last(self.deconvs[0].weight)
+        # Not in place: an in-place op on that permuted view would cost a copy in the backward pass.
+        return self.deconvs(torch.relu(linear_to_map(z, weight, self.fc.bias.view(c, s, s), channels_last)))

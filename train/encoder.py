@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from train.layers import unit_pixels
+from train.layers import map_linear, run_conv_stack, unit_pixels
 
 
 def conv_output_size(image_size: int, num_layers: int) -> int:
@@ -34,7 +34,7 @@ class ConvTrunk(nn.Module):
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """The conv layers on a `prepare`d input."""
-        return self.net(x)
+        return run_conv_stack(self.net, x)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(self.prepare(obs))
@@ -44,15 +44,9 @@ class Encoder(nn.Module):
     """Trunk -> head. `prepare(obs)` (raw observations -> network input) is split from `encode(x)`
     so an update converts a batch once for all its passes; `head(h)` applies the head to trunk
     output, so one trunk pass can serve several heads (the actor's and the critic's encoders share
-    the trunk but keep their own heads), and `flatten(h)` done once lets them share that copy too."""
+    the trunk but keep their own heads)."""
 
     trunk: nn.Module  # with prepare(obs) and run(x)
-
-    @staticmethod
-    def flatten(h: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) trunk output -> (B, C*H*W) in the logical NCHW order (a copy when the
-        trunk runs channels_last; a no-op on an already flat tensor)."""
-        return h.reshape(h.size(0), -1)
 
     def prepare(self, obs: torch.Tensor) -> torch.Tensor:
         return self.trunk.prepare(obs)
@@ -80,7 +74,8 @@ class PixelEncoder(Encoder):
         self.feature_dim = feature_dim
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.ln(self.fc(self.flatten(h))))
+        # fc reads the trunk's maps in their own memory layout (no channels_last -> NCHW copy).
+        return torch.tanh(self.ln(map_linear(h, self.fc.weight, self.fc.bias)))
 
 
 class StateTrunk(nn.Module):

@@ -1,7 +1,9 @@
 """Layers shared by the SAC+AE decoder and SLAC's model: transposed convolutions whose backward
 runs as the convolutions it is made of (same function and gradients; much faster on CPU), a
 squared error whose gradient keeps the decoder's memory layout (SAC+AE's reconstruction loss, SLAC's
-fixed-variance image likelihood), and the pixel scaling both encoders start with."""
+fixed-variance image likelihood), linear maps between feature vectors and conv feature maps that
+never copy a channels_last map into NCHW order, conv stacks whose no-grad passes fuse each
+activation into its convolution, and the pixel scaling both encoders start with."""
 
 from __future__ import annotations
 
@@ -46,16 +48,70 @@ class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
                                       self.output_padding[0])
 
 
+def _fusable(x: torch.Tensor) -> bool:
+    """A pass nothing differentiates, on the agents' channels_last CPU float32 path (export, NCHW,
+    autocast and the GPU keep the layers as they are)."""
+    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
+            and is_channels_last(x) and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available())
+
+
+def run_conv_stack(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """`layers(x)`. In a no-grad channels_last CPU pass each plain Conv2d followed by a ReLU or
+    LeakyReLU runs as one oneDNN convolution with the activation as its post-op: the same values
+    (bit for bit here), one pass over the feature map less per layer."""
+    if not _fusable(x):
+        return layers(x)
+    mods = list(layers)
+    i = 0
+    while i < len(mods):
+        conv, act = mods[i], mods[i + 1] if i + 1 < len(mods) else None
+        if type(conv) is nn.Conv2d and isinstance(act, (nn.ReLU, nn.LeakyReLU)) and isinstance(conv.padding, tuple):
+            attr, scalars = ("relu", []) if isinstance(act, nn.ReLU) else ("leaky_relu", [act.negative_slope])
+            x = torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
+                                                        list(conv.dilation), conv.groups, attr, scalars, "")
+            i += 2
+        else:
+            x = conv(x)
+            i += 1
+    return x
+
+
 def unit_pixels(frames: torch.Tensor) -> torch.Tensor:
     """uint8 (or 0..255 float) frames -> float32 in [0, 1], a new tensor in the frames' memory
     layout: both papers' network input (SAC+AE B.6, SLAC's x_t in [0, 1])."""
     return frames.to(torch.float32, copy=True).div_(255.0)
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-d tensor dense in NHWC order but not in NCHW order (sizes 1 leave both true)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def map_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x.flatten(1), weight, bias) for a (N, C, H, W) map x and a weight with C*H*W inputs in
+    NCHW order. A channels_last x is read in its own (H, W, C) order and the weight permuted to
+    match: a copy of the weight (and of its gradient) instead of the larger batch of maps."""
+    if not is_channels_last(x):
+        return F.linear(x.flatten(1), weight.flatten(1), bias)
+    w = weight.reshape(weight.size(0), *x.shape[1:]).permute(0, 2, 3, 1).flatten(1)
+    return F.linear(x.permute(0, 2, 3, 1).flatten(1), w, bias)
+
+
+def linear_to_map(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A linear layer whose outputs form (C, H, W) maps: weight (C, H, W, F), bias (C, H, W) (either
+    may be an expanded view). Returns (N, C, H, W), laid out channels_last when asked: the output
+    rows are computed in (H, W, C) order rather than copied into it."""
+    c, h, w, f = weight.shape
+    if not channels_last:
+        return F.linear(z, weight.reshape(c * h * w, f), bias.reshape(-1)).view(len(z), c, h, w)
+    y = F.linear(z, weight.permute(1, 2, 0, 3).reshape(h * w * c, f), bias.permute(1, 2, 0).reshape(-1))
+    return y.view(len(z), h, w, c).permute(0, 3, 1, 2)
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(N, ...) -> (N, D): a view where t is dense in NCHW or NHWC order (a row's element order
     does not matter to a sum), a copy otherwise."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(t):
         return t.permute(0, 2, 3, 1).reshape(len(t), -1)
     return t.reshape(len(t), -1)
 
@@ -70,7 +126,7 @@ class _SquaredErrorSums(torch.autograd.Function):
         diff = a - b
         ctx.save_for_backward(diff)
         rows = _rows(diff)
-        return torch.bmm(rows[:, None, :], rows[:, :, None]).view(-1)  # row dot products: one read, no squares stored
+        return torch.linalg.vecdot(rows, rows)  # row dot products: one read, no squares stored
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[Any, ...]:

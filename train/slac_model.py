@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.layers import ConvTranspose2dConvGrad, squared_error_sums, unit_pixels
+from train.layers import (ConvTranspose2dConvGrad, linear_to_map, map_linear, run_conv_stack, squared_error_sums,
+                          unit_pixels)
 
 # The authors' TensorFlow code uses tf.nn.leaky_relu (slope 0.2); the paper does not give a slope.
 LEAKY_SLOPE = 0.2
@@ -91,24 +92,21 @@ class DenseConv2d(nn.Conv2d):
 
     Same parameters, initialisation and function as nn.Conv2d; oneDNN runs this shape (4x4 kernel
     on a 4x4 input) several times slower as a convolution than as a GEMM, channels_last above all.
-    The weight is read in (out, kh, kw, in) order so a channels_last input flattens without a copy.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x.permute(0, 2, 3, 1).flatten(1), self.weight.permute(0, 2, 3, 1).flatten(1), self.bias)
-        return y[:, :, None, None]
+        return map_linear(x, self.weight, self.bias)[:, :, None, None]
 
 
 class DenseConvTranspose2d(nn.ConvTranspose2d):
     """A transposed conv on a 1x1 input (stride 1, no padding), computed as the matrix product it
-    is: (N, in) @ (in, kh*kw*out), laid out channels_last. Same parameters and function as
+    is: (N, in) @ (in, out*kh*kw), laid out channels_last. Same parameters and function as
     nn.ConvTranspose2d."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel_size
-        y = x.flatten(1) @ self.weight.permute(0, 2, 3, 1).flatten(1)
-        y = y.view(len(x), kh, kw, self.out_channels).permute(0, 3, 1, 2)
-        return y + self.bias[None, :, None, None]
+        bias = self.bias[:, None, None].expand(self.out_channels, kh, kw)
+        return linear_to_map(x.flatten(1), self.weight.permute(1, 2, 3, 0), bias, channels_last=True)
 
 
 class UpConv2d(ConvTranspose2dConvGrad):
@@ -147,7 +145,7 @@ class FrameEncoder(nn.Module):
 
     def run(self, pixels: torch.Tensor) -> torch.Tensor:
         """`prepare`d frames (N, 3, 64, 64) -> features (N, F)."""
-        return self.net(pixels).flatten(1)
+        return run_conv_stack(self.net, pixels).flatten(1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.run(self.prepare(frames))
