@@ -15,8 +15,8 @@ optimized:   the agent's defaults, the same math: channels_last convolutions, th
 Each variant runs in its own process (the allocator setting is process-wide) and the variants run
 in lockstep (benchmarks/lockstep.py: step i of every variant back to back, the order rotating), so a
 burst of CPU steal slows one step's variants alike; the speedup is the median of the per-step
-paired ratios, medians and minima of the times are reported. All variants start from the same weights and seeds; their first model and critic
-losses are compared (same math up to fp32 rounding) before anything is timed.
+paired ratios, medians and minima of the times are reported. All variants start from the same
+weights and seeds; their first model and critic losses are compared (same math up to fp32 rounding) before anything is timed.
 
 `--device cuda` runs the variants on the GPU, the replay's frames on the device as in training;
 each update is timed to the end of its GPU work.

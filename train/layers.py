@@ -48,6 +48,11 @@ class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
                                       self.output_padding[0])
 
 
+def is_channels_last(t: torch.Tensor) -> bool:
+    """A 4-d tensor dense in NHWC order but not in NCHW order (sizes 1 leave both true)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
 def _fusable(x: torch.Tensor) -> bool:
     """A pass nothing differentiates, on the agents' channels_last CPU float32 path (export, NCHW,
     autocast and the GPU keep the layers as they are)."""
@@ -80,11 +85,6 @@ def unit_pixels(frames: torch.Tensor) -> torch.Tensor:
     """uint8 (or 0..255 float) frames -> float32 in [0, 1], a new tensor in the frames' memory
     layout: both papers' network input (SAC+AE B.6, SLAC's x_t in [0, 1])."""
     return frames.to(torch.float32, copy=True).div_(255.0)
-
-
-def is_channels_last(t: torch.Tensor) -> bool:
-    """A 4-d tensor dense in NHWC order but not in NCHW order (sizes 1 leave both true)."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def map_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
