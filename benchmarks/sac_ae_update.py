@@ -5,8 +5,9 @@ Three modes, each in its own process (the allocator setting is process-wide and 
   Adam, every conv pass recomputed (the actor and critic heads and the decoder each re-encode obs),
   glibc left to return activation buffers to the OS after each update;
 - optimized: this project's defaults, same math (channels_last, fused Adam, one shared trunk pass,
-  transposed-conv backward as convolutions, the flattening linear layers reading channels_last maps
-  in place, parallel reconstruction noise, tuned allocator);
+  each conv and its ReLU one oneDNN op, transposed-conv backward as convolutions, the flattening
+  linear layers keeping their weights in the maps' channels_last order, the reconstruction loss
+  fused per sample in parallel threads, tuned allocator);
 - bf16: optimized plus bf16 autocast (`--set bf16=true`).
 The three processes stay alive and run in lockstep: update i of every mode runs back to back (the
 order rotating), so a busy host (this VM's CPU steal swings the speed by 2x within minutes) slows

@@ -9,8 +9,9 @@ naive:       what the reference PyTorch port does: NCHW float32 convolutions eve
              glibc left to return activation buffers to the OS after each update (as that port runs);
 naive_tuned: the same with this project's allocator setting, to show how much of the gap that is;
 optimized:   the agent's defaults, the same math: channels_last convolutions, the 1x1-output layers
-             as the GEMMs they are, transposed-conv gradients as convolutions, no-grad encoding in
-             chunks of 512 frames with each conv's leaky ReLU fused into it, each frame converted once,
+             as the GEMMs they are, transposed-conv gradients as convolutions, each conv's leaky
+             ReLU fused into it (with and without grad), no-grad encoding in chunks of 512 frames,
+             each frame converted once,
              fused Adam, tuned allocator; on a GPU each update replays as one CUDA graph.
 Each variant runs in its own process (the allocator setting is process-wide) and the variants run
 in lockstep (benchmarks/lockstep.py: step i of every variant back to back, the order rotating), so a

@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from train import config as C
 from train.replay import FrameReplay
 from train.layers import linear_to_map, map_linear, mean_squared_error
-from train.sac import SacAgent, reconstruction_target, uniform_noise
+from train.sac import SacAgent, reconstruction_loss, reconstruction_target
 
 
 def _agent(algo: str = "sac-ae", mirror: bool = False, **kw: object) -> tuple[SacAgent, FrameReplay]:
@@ -137,14 +138,49 @@ def test_reconstruction_target_is_5_bit() -> None:
     assert torch.allclose(t - (levels / 32 - 0.5), noise / 32, atol=1e-6)  # the noise dequantises within a level
 
 
-def test_reconstruction_noise_is_seeded_and_layout_free() -> None:
-    a = uniform_noise(torch.Size((2, 9, 8, 8)), np.random.default_rng(4), torch.device("cpu"))
-    b = uniform_noise(torch.Size((2, 9, 8, 8)), np.random.default_rng(4), torch.device("cpu"))
-    assert torch.equal(a, b) and a.is_contiguous() and 0 <= float(a.min()) and float(a.max()) < 1
-    odd = uniform_noise(torch.Size((3, 5, 7)), np.random.default_rng(4), torch.device("cpu"))  # not a multiple of the chunks
-    assert odd.shape == (3, 5, 7) and len(torch.unique(odd)) == odd.numel()  # every chunk filled, none repeated
-    other = uniform_noise(torch.Size((2, 9, 8, 8)), np.random.default_rng(5), torch.device("cpu"))
-    assert not torch.equal(a, other)
+def _cpu_reconstruction(rec: torch.Tensor, obs: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rec = rec.detach().requires_grad_()
+    loss = reconstruction_loss(rec, obs, 5, np.random.default_rng(seed))
+    (grad,) = torch.autograd.grad(loss, rec)
+    return loss, grad
+
+
+@pytest.mark.parametrize("batch", [7, 2])  # not a multiple of the noise chunks; fewer samples than chunks
+def test_cpu_reconstruction_loss_is_the_5_bit_target_mse(batch: int) -> None:
+    """The fused CPU reconstruction loss is F.mse_loss against a 5-bit target with its levels'
+    dequantisation noise; its gradient is mse_loss's. With rec = 0 the gradient exposes the target."""
+    obs = torch.randint(0, 256, (batch, 6, 9, 8), dtype=torch.uint8)
+    loss0, grad0 = _cpu_reconstruction(torch.zeros(obs.shape), obs, 4)
+    target = -grad0 * obs.numel() / 2
+    assert target.min() >= -0.5 and target.max() <= 0.5  # u + 31 may round up to 32
+    levels = torch.floor((target + 0.5) * 32)
+    assert torch.equal(levels, (obs // 8).float())  # 5 bits: each level 8 of the 256 values
+    noise = (target + 0.5) * 32 - levels  # U[0, 1) within the level, 1 for a value that rounded up
+    assert 0 <= float(noise.min()) and float(noise.max()) <= 1 and float(noise.mean() - 0.5) ** 2 < 1e-3
+    assert len(torch.unique(noise.flatten(1), dim=0)) == batch  # every sample drew its own noise
+    torch.testing.assert_close(loss0, target.pow(2).mean())
+    rec = torch.randn(obs.shape)
+    loss, grad = _cpu_reconstruction(rec, obs, 4)
+    torch.testing.assert_close(loss, F.mse_loss(rec, target))
+    (ref_grad,) = torch.autograd.grad(F.mse_loss(rec.requires_grad_(), target) * 3.0, rec)
+    rec3 = rec.detach().requires_grad_()
+    (grad3,) = torch.autograd.grad(reconstruction_loss(rec3, obs, 5, np.random.default_rng(4)) * 3.0, rec3)
+    torch.testing.assert_close(grad3, ref_grad)  # an upstream gradient other than 1 scales it
+
+
+def test_cpu_reconstruction_noise_is_seeded_and_layout_free() -> None:
+    obs = torch.randint(0, 256, (5, 9, 8, 8), dtype=torch.uint8)
+    rec = torch.randn(obs.shape)
+    loss, grad = _cpu_reconstruction(rec, obs, 4)
+    again, grad_again = _cpu_reconstruction(rec, obs, 4)
+    assert torch.equal(loss, again) and torch.equal(grad, grad_again)
+    cl = torch.channels_last
+    loss_cl, grad_cl = _cpu_reconstruction(rec.contiguous(memory_format=cl), obs.contiguous(memory_format=cl), 4)
+    assert grad_cl.is_contiguous(memory_format=cl)  # the gradient keeps the decoder's layout
+    assert torch.equal(grad_cl, grad)  # the same noise, whatever the layout
+    torch.testing.assert_close(loss_cl, loss)
+    other, _ = _cpu_reconstruction(rec, obs, 5)
+    assert not torch.equal(loss, other)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -224,5 +260,22 @@ def test_bf16_autocast_update_stays_close_to_float32() -> None:
         assert _changed(trunk, agent.critic.encoder.trunk) and _changed(dec, agent.decoder)
         assert all(p.dtype == torch.float32 for p in agent.critic.parameters())
         metrics.append(m)
-    for key in ("critic_loss", "rec_loss", "actor_loss"):
+    for key in ("critic_loss", "rec_loss", "entropy"):
         assert float(metrics[1][key]) == pytest.approx(float(metrics[0][key]), rel=0.05, abs=1e-3), key
+    # alpha * log_pi - Q: a difference of terms of order 1 (log_pi steep near tanh saturation), so
+    # its bf16 error is absolute, not relative to the (small) difference.
+    assert float(metrics[1]["actor_loss"]) == pytest.approx(float(metrics[0]["actor_loss"]), abs=0.03)
+
+
+def test_weights_that_do_not_fit_the_networks_are_a_checkpoint_error() -> None:
+    """A checkpoint from another configuration (or from before the fc layers kept 4-d weights) is
+    refused with a one-line CheckpointError (the CLI's exit 2), not a torch traceback."""
+    from train.checkpoint import CheckpointError
+
+    agent, _ = _agent("sac-ae")
+    state = agent.state_dict()
+    flat = state["critic"]["encoder.fc.weight"]
+    state["critic"]["encoder.fc.weight"] = flat.reshape(flat.size(0), -1)  # the old nn.Linear shape
+    with pytest.raises(CheckpointError, match="critic weights do not fit") as err:
+        agent.load_state_dict(state)
+    assert "\n" not in str(err.value)

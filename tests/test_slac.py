@@ -22,7 +22,7 @@ from torch import nn
 from sacae_deploy.contract import PADDING_RULE
 from train import config as C
 from train.encoder import ConvTrunk
-from train.layers import run_conv_stack
+from train.layers import ConvTranspose2dConvGrad, run_conv_stack
 from train.replay import FrameReplay
 from train.slac import HistoryPolicy, SlacAgent
 from train.slac_model import (DenseConv2d, DenseConvTranspose2d, FrameDecoder, FrameEncoder, Gaussian, LatentModel,
@@ -109,7 +109,9 @@ def test_paper_architecture_shapes() -> None:
     (lambda: (DenseConvTranspose2d(6, 5, 4), nn.ConvTranspose2d(6, 5, 4)), (3, 6, 1, 1)),
     (lambda: (UpConv2d(6, 4, 3), nn.ConvTranspose2d(6, 4, 3, 2, 1, 1)), (3, 6, 5, 5)),
     (lambda: (UpConv2d(4, 3, 5), nn.ConvTranspose2d(4, 3, 5, 2, 2, 1)), (3, 4, 8, 8)),
-], ids=["dense_conv", "dense_deconv", "up3", "up5"])
+    (lambda: (ConvTranspose2dConvGrad(4, 9, 3, 2, output_padding=1), nn.ConvTranspose2d(4, 9, 3, 2, output_padding=1)),
+     (4, 4, 5, 5)),  # SAC+AE's last layer; its 9-channel bias gradient summed as wide rows
+], ids=["dense_conv", "dense_deconv", "up3", "up5", "sac_ae_last"])
 def test_fast_layers_compute_the_plain_layers(make: Callable[[], tuple[nn.Module, nn.Module]], shape: tuple[int, ...],
                                               channels_last: bool) -> None:
     """The GEMM / adjoint-gradient layers are the paper's conv layers: same outputs and gradients."""
@@ -134,10 +136,11 @@ def test_fast_layers_compute_the_plain_layers(make: Callable[[], tuple[nn.Module
     (lambda: FrameEncoder(8).net, (4, 3, 64, 64)),
     (lambda: ConvTrunk(9, 4, 8).net, (4, 9, 21, 21)),
 ], ids=["slac_encoder", "sac_ae_trunk"])
-def test_no_grad_conv_stacks_fuse_their_activations_without_changing_values(
+def test_conv_stacks_fuse_their_activations_without_changing_values(
         make: Callable[[], nn.Sequential], shape: tuple[int, ...]) -> None:
-    """No-grad channels_last passes (target encodings, SLAC's batch encoding, acting) run each conv
-    with its activation as one oneDNN op: the plain layers' values; with autograd, the plain layers."""
+    """channels_last CPU passes (target encodings, SLAC's batch encoding, acting, and the passes
+    trained through) run each conv with its activation as one oneDNN op: the plain layers' values
+    and, through autograd, their gradients."""
     net = make().to(memory_format=torch.channels_last)
     x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.profiler.profile() as prof:
@@ -146,8 +149,15 @@ def test_no_grad_conv_stacks_fuse_their_activations_without_changing_values(
     with torch.no_grad():
         plain = net(x)
     torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
-    run_conv_stack(net, x).sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    grads = []
+    for run in (lambda x: run_conv_stack(net, x), net):
+        xg = x.clone().requires_grad_()
+        (run(xg) * torch.linspace(-1, 1, plain[0].numel()).view_as(plain[0])).sum().backward()
+        grads.append([xg.grad] + [p.grad for p in net.parameters()])
+        net.zero_grad(set_to_none=True)
+    for fused_grad, plain_grad in zip(*grads):
+        assert fused_grad is not None and fused_grad.abs().sum() > 0
+        torch.testing.assert_close(fused_grad, plain_grad, rtol=1e-5, atol=1e-6)
 
 
 def test_filter_and_heads_shapes() -> None:

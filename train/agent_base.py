@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from train.checkpoint import CheckpointError
+
 
 class SacFamilyAgent:
     """Subclasses set cfg, device, log_alpha and define modules() and optimizers()."""
@@ -31,7 +33,12 @@ class SacFamilyAgent:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, m in self.modules().items():
-            m.load_state_dict(state[k])
+            try:
+                m.load_state_dict(state[k])
+            except RuntimeError as exc:  # shapes or names that are not this agent's
+                first = str(exc).strip().splitlines()[-1].strip()
+                raise CheckpointError(f"the checkpoint's {k} weights do not fit this run's networks "
+                                      f"(another configuration, or a version before a layer change): {first}") from None
         for k, o in self.optimizers().items():
             o.load_state_dict(state[k])
         with torch.no_grad():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from train.encoder import conv_output_size
-from train.layers import ConvTranspose2dConvGrad, is_channels_last, linear_to_map
+from train.layers import ConvTranspose2dConvGrad, LinearToMap
 
 
 class PixelDecoder(nn.Module):
@@ -18,9 +18,8 @@ class PixelDecoder(nn.Module):
                  num_filters: int = 32, conv_grad: bool = True) -> None:
         super().__init__()
         deconv = ConvTranspose2dConvGrad if conv_grad else nn.ConvTranspose2d
-        self.num_filters = num_filters
-        self.out_size = conv_output_size(obs_shape[-1], num_layers)
-        self.fc = nn.Linear(feature_dim, num_filters * self.out_size * self.out_size)
+        size = conv_output_size(obs_shape[-1], num_layers)
+        self.fc = LinearToMap(feature_dim, (num_filters, size, size))
         layers: list[nn.Module] = []
         for _ in range(num_layers - 1):  # in-place ReLUs: no transposed conv's backward needs its output
             layers += [deconv(num_filters, num_filters, 3, stride=1), nn.ReLU(inplace=True)]
@@ -30,9 +29,6 @@ class PixelDecoder(nn.Module):
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        # fc's outputs come out in the transposed convs' memory layout (no NCHW -> channels_last copy).
-        c, s = self.num_filters, self.out_size
-        weight = self.fc.weight.view(c, s, s, -1)
-        channels_last = is_channels_last(self.deconvs[0].weight)
-        # Not in place: an in-place op on that permuted view would cost a copy in the backward pass.
-        return self.deconvs(torch.relu(linear_to_map(z, weight, self.fc.bias.view(c, s, s), channels_last)))
+        # fc's outputs come out in the transposed convs' memory layout (no NCHW -> channels_last copy);
+        # not relu'd in place: an in-place op on that permuted view would cost a copy in the backward.
+        return self.deconvs(torch.relu(self.fc(z)))

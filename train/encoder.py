@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from train.layers import map_linear, run_conv_stack, unit_pixels
+from train.layers import MapLinear, run_conv_stack, unit_pixels
 
 
 def conv_output_size(image_size: int, num_layers: int) -> int:
@@ -69,13 +69,13 @@ class PixelEncoder(Encoder):
         super().__init__()
         self.trunk = trunk or ConvTrunk(obs_shape[0], num_layers, num_filters)
         out = conv_output_size(obs_shape[-1], num_layers)
-        self.fc = nn.Linear(num_filters * out * out, feature_dim)
+        self.fc = MapLinear((num_filters, out, out), feature_dim)
         self.ln = nn.LayerNorm(feature_dim)
         self.feature_dim = feature_dim
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         # fc reads the trunk's maps in their own memory layout (no channels_last -> NCHW copy).
-        return torch.tanh(self.ln(map_linear(h, self.fc.weight, self.fc.bias)))
+        return torch.tanh(self.ln(self.fc(h)))
 
 
 class StateTrunk(nn.Module):

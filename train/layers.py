@@ -7,6 +7,7 @@ activation into its convolution, and the pixel scaling both encoders start with.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -34,7 +35,18 @@ class _ConvTransposeFn(torch.autograd.Function):
         grad_x = F.conv2d(grad, weight, None, stride, padding) if ctx.needs_input_grad[0] else None
         _, grad_w, _ = torch.ops.aten.convolution_backward(
             x, grad, weight, None, [stride, stride], [padding, padding], [1, 1], False, [0, 0], 1, [False, True, False])
-        return grad_x, grad_w, grad.sum((0, 2, 3)), None, None, None
+        return grad_x, grad_w, channel_sums(grad), None, None, None
+
+
+def channel_sums(t: torch.Tensor) -> torch.Tensor:
+    """t.sum((0, 2, 3)) for a (N, C, H, W) map (a bias gradient). A channels_last map with few
+    channels (an image decoder's RGB output) is summed as rows of 64*C/gcd(C, 16) values, a multiple
+    of the SIMD width, then folded: torch's own reduction keeps the C-wide rows, 2-4x slower."""
+    c = t.size(1)
+    width = 4 * math.lcm(c, 16)
+    if not is_channels_last(t) or c % 16 == 0 or t.numel() % width:
+        return t.sum((0, 2, 3))
+    return t.permute(0, 2, 3, 1).reshape(-1, width).sum(0).view(-1, c).sum(0)
 
 
 class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
@@ -54,26 +66,58 @@ def is_channels_last(t: torch.Tensor) -> bool:
 
 
 def _fusable(x: torch.Tensor) -> bool:
-    """A pass nothing differentiates, on the agents' channels_last CPU float32 path (export, NCHW,
-    autocast and the GPU keep the layers as they are)."""
-    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and is_channels_last(x) and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available())
+    """The agents' channels_last CPU float32 path (export, NCHW, autocast and the GPU keep the
+    layers as they are)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and is_channels_last(x)
+            and not torch.is_autocast_enabled("cpu") and torch.backends.mkldnn.is_available())
+
+
+def _conv_act(x: torch.Tensor, conv: nn.Conv2d, attr: str, scalars: list[float]) -> torch.Tensor:
+    return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
+                                                   list(conv.dilation), conv.groups, attr, scalars, "")
+
+
+class _ConvActFn(torch.autograd.Function):
+    """conv -> ReLU / LeakyReLU as one oneDNN op (the activation a post-op) and autograd's own
+    backward for the pair: the activation's gradient from the saved output (its sign is the
+    input's), then the conv's. Saves the separate in-place activation pass over each map."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                conv: nn.Conv2d, attr: str, scalars: list[float]) -> torch.Tensor:
+        y = _conv_act(x, conv, attr, scalars)
+        ctx.save_for_backward(x, weight, y)
+        ctx.conv, ctx.slope = conv, (scalars[0] if scalars else None)  # type: ignore[attr-defined]
+        return y
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[Any, ...]:
+        x, weight, y = ctx.saved_tensors  # type: ignore[attr-defined]
+        conv, slope = ctx.conv, ctx.slope  # type: ignore[attr-defined]
+        grad = (torch.ops.aten.threshold_backward(grad, y, 0.0) if slope is None
+                else torch.ops.aten.leaky_relu_backward(grad, y, slope, True))
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, weight, [weight.size(0)], list(conv.stride), list(conv.padding), list(conv.dilation), False,
+            [0, 0], conv.groups, [ctx.needs_input_grad[0], True, True])  # type: ignore[attr-defined]
+        return gx, gw, gb, None, None, None
 
 
 def run_conv_stack(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """`layers(x)`. In a no-grad channels_last CPU pass each plain Conv2d followed by a ReLU or
+    """`layers(x)`. On a channels_last CPU float32 input each plain Conv2d followed by a ReLU or
     LeakyReLU runs as one oneDNN convolution with the activation as its post-op: the same values
-    (bit for bit here), one pass over the feature map less per layer."""
+    (bit for bit here), one pass over the feature map less per layer; with autograd, the pair's
+    backward is the plain layers' (`_ConvActFn`)."""
     if not _fusable(x):
         return layers(x)
     mods = list(layers)
     i = 0
     while i < len(mods):
         conv, act = mods[i], mods[i + 1] if i + 1 < len(mods) else None
-        if type(conv) is nn.Conv2d and isinstance(act, (nn.ReLU, nn.LeakyReLU)) and isinstance(conv.padding, tuple):
+        grad = torch.is_grad_enabled()
+        if (type(conv) is nn.Conv2d and isinstance(act, (nn.ReLU, nn.LeakyReLU)) and isinstance(conv.padding, tuple)
+                and (conv.bias is not None or not grad)):
             attr, scalars = ("relu", []) if isinstance(act, nn.ReLU) else ("leaky_relu", [act.negative_slope])
-            x = torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
-                                                        list(conv.dilation), conv.groups, attr, scalars, "")
+            x = _ConvActFn.apply(x, conv.weight, conv.bias, conv, attr, scalars) if grad else _conv_act(x, conv, attr, scalars)
             i += 2
         else:
             x = conv(x)
@@ -106,6 +150,34 @@ def linear_to_map(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, cha
         return F.linear(z, weight.reshape(c * h * w, f), bias.reshape(-1)).view(len(z), c, h, w)
     y = F.linear(z, weight.permute(1, 2, 0, 3).reshape(h * w * c, f), bias.permute(1, 2, 0).reshape(-1))
     return y.view(len(z), h, w, c).permute(0, 3, 1, 2)
+
+
+class MapLinear(nn.Module):
+    """nn.Linear(C*H*W, out) on (N, C, H, W) maps flattened in NCHW order (SAC+AE's encoder fc),
+    its weight kept as (out, C, H, W): a channels_last model then stores it in the maps' own (H, W, C)
+    order, and `map_linear` reads both in place (no per-pass copy of the weight or its gradient)."""
+
+    def __init__(self, in_shape: tuple[int, int, int], out_features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, *in_shape))
+        self.bias = nn.Parameter(torch.empty(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return map_linear(x, self.weight, self.bias)
+
+
+class LinearToMap(nn.Module):
+    """nn.Linear(in, C*H*W) whose outputs form (C, H, W) maps (SAC+AE's decoder fc), its weight kept
+    as (in, C, H, W): in a channels_last model that is the (H, W, C) order `linear_to_map` writes its
+    channels_last output rows in, so the weight is read in place (a transposed view)."""
+
+    def __init__(self, in_features: int, out_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, *out_shape))
+        self.bias = nn.Parameter(torch.empty(out_shape))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return linear_to_map(z, self.weight.permute(1, 2, 3, 0), self.bias, is_channels_last(self.weight))
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,8 @@ then the decoder.
 
 Same math, less work: after the critic step the actor update and the decoder update both encode the
 same `obs` with the same trunk weights, so the trunk runs once (with grad, for the decoder) and the
-actor uses that output detached; each batch tensor is converted to float once for all its passes.
+actor uses that output detached; each batch tensor is converted to float once for all its passes;
+on the CPU the reconstruction loss is one fused pass over the batch (`_CpuReconstructionLoss`).
 """
 
 from __future__ import annotations
@@ -299,8 +300,7 @@ class SacAgent(SacFamilyAgent):
         with self._autocast():
             z = self.critic.encoder.head(trunk_out)
             rec = self.decoder(z)
-        target = reconstruction_target(obs, self.cfg.reconstruction_bits, uniform_noise(obs.shape, rng, obs.device))
-        rec_loss = mean_squared_error(rec.float(), target)
+        rec_loss = reconstruction_loss(rec.float(), obs, self.cfg.reconstruction_bits, rng)
         # As the reference implementation: 0.5 * ||z||^2 per sample, averaged over the batch.
         latent_loss = (0.5 * z.float().pow(2).sum(-1)).mean()
         loss = rec_loss + self.cfg.decoder_latent_lambda * latent_loss
@@ -312,32 +312,66 @@ class SacAgent(SacFamilyAgent):
         return {"ae_loss": loss.detach(), "rec_loss": rec_loss.detach()}
 
 
+def reconstruction_loss(rec: torch.Tensor, obs: torch.Tensor, bits: int, rng: np.random.Generator) -> torch.Tensor:
+    """The RAE reconstruction term (B.5, B.6): F.mse_loss(rec, reconstruction_target(obs, bits, u))
+    with u ~ U[0, 1) dequantisation noise, seeded by one draw of the update's seeded `rng`. On a GPU
+    as written (torch.rand, its own seeded stream); on the CPU fused (`_CpuReconstructionLoss`)."""
+    if rec.device.type != "cpu":
+        return mean_squared_error(rec, reconstruction_target(obs, bits, torch.rand(obs.shape, device=obs.device)))
+    return _CpuReconstructionLoss.apply(rec, obs, bits, int(rng.integers(2**63)))
+
+
 # Fixed, so that the noise never depends on the machine's core count.
 _NOISE_CHUNKS = 4
 
 
 @functools.cache
 def _noise_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(min(_NOISE_CHUNKS, os.cpu_count() or 1), thread_name_prefix="sacae-noise")
+    return ThreadPoolExecutor(min(_NOISE_CHUNKS, os.cpu_count() or 1), thread_name_prefix="sacae-rae")
 
 
-def uniform_noise(shape: torch.Size, rng: np.random.Generator, device: torch.device) -> torch.Tensor:
-    """float32 U[0, 1) samples in logical (NCHW) order, so the values never depend on the memory
-    layout. On the CPU numpy's PCG64 draws them twice as fast as torch.rand's mt19937, and in
-    parallel (numpy fills without the GIL): `_NOISE_CHUNKS` generators seeded from one draw of the
-    update's seeded `rng` (40 -> 21 ms for a paper-size batch on this 2-core machine). On a GPU
-    torch.rand draws them in place (its own seeded stream)."""
-    if device.type != "cpu":
-        return torch.rand(shape, device=device)
-    seed = int(rng.integers(2**63))
-    out = np.empty(tuple(shape), np.float32)
-    chunks = np.array_split(out.reshape(-1), _NOISE_CHUNKS)
+class _CpuReconstructionLoss(torch.autograd.Function):
+    """`reconstruction_loss` on the CPU in one pass over the batch instead of seven (noise, target,
+    difference, squared sums, gradient: each 32 MB for a paper batch, and this VM's memory is slow):
+    one sample at a time, while its 250 KB sit in the L2 cache, in `_NOISE_CHUNKS` numpy worker
+    threads (numpy runs without the GIL), each drawing its samples' noise from its own PCG64 seeded
+    from (seed, chunk) in (H, W, C) order, so the values depend on neither the core count nor the
+    memory layout. The target is reconstruction_target's, rounded as written (scaling by 2^-bits
+    is exact, so fl(u + q) / 2^bits = fl(u / 2^bits + q / 2^bits)). The gradient for an upstream
+    gradient of 1 (the RAE loss adds this term unscaled) is kept from the forward pass."""
 
-    def fill(i: int) -> None:
-        np.random.default_rng([seed, i]).random(out=chunks[i], dtype=np.float32)
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, rec: torch.Tensor, obs: torch.Tensor, bits: int,
+                seed: int) -> torch.Tensor:
+        grad = torch.empty_like(rec)
+        r, o, g = rec.detach().numpy(), obs.numpy(), grad.numpy()
+        sums = np.zeros(len(rec))
+        hwc = (*rec.shape[2:], rec.shape[1])
+        scale, grad_scale = np.float32(2.0**-bits), np.float32(2.0 / rec.numel())
 
-    list(_noise_pool().map(fill, range(_NOISE_CHUNKS)))
-    return torch.from_numpy(out)
+        def chunk(i: int, samples: np.ndarray) -> None:
+            gen = np.random.default_rng([seed, i])
+            noise, levels = np.empty(hwc, np.float32), np.empty(hwc, np.uint8)
+            for n in samples:  # (C, H, W) -> (H, W, C) views: the noise order; no copies
+                target = gen.random(out=noise, dtype=np.float32)
+                np.add(target, np.right_shift(o[n].transpose(1, 2, 0), 8 - bits, out=levels), out=target)
+                target *= scale
+                target -= np.float32(0.5)
+                diff = g[n].transpose(1, 2, 0)
+                np.subtract(r[n].transpose(1, 2, 0), target, out=diff)
+                flat = g[n].ravel(order="K")  # a view in memory order, whatever the layout
+                sums[n] = np.dot(flat, flat)
+                flat *= grad_scale  # d loss / d rec = 2 (rec - target) / numel
+
+        samples = np.array_split(np.arange(len(rec)), _NOISE_CHUNKS)
+        list(_noise_pool().map(chunk, range(_NOISE_CHUNKS), samples))
+        ctx.save_for_backward(grad)
+        return torch.tensor(sums.sum() / rec.numel(), dtype=rec.dtype)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, upstream: torch.Tensor) -> tuple[Any, ...]:
+        (grad,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return (grad if bool(upstream == 1) else grad * upstream), None, None, None
 
 
 def reconstruction_target(obs: torch.Tensor, bits: int, noise: torch.Tensor) -> torch.Tensor:

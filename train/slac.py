@@ -18,8 +18,9 @@ Same math, less work: each window's 9 frames are encoded once per update, and in
 those features (no autograd; in chunks, which bounds the activation memory) serve the filtering pass
 for the critic and the actor's history input alike; the model update converts its frames to floats
 once, for the encoder and the image likelihood (whose gradient keeps the decoder's memory layout);
-convolutions run channels_last, the layers with a 1x1 side as GEMMs and the decoder's gradients as
-convolutions (train/slac_model.py); Adam is fused. benchmarks/slac_update.py measures this against
+convolutions run channels_last, each encoder conv with its leaky ReLU as one oneDNN op, the layers
+with a 1x1 side as GEMMs and the decoder's gradients as convolutions (train/slac_model.py); Adam is
+fused. benchmarks/slac_update.py measures this against
 the reference's way. `bf16=true` adds autocast for the conv encoder/decoder (faster on CPUs with
 AMX; different rounding). On a GPU each update (model, SAC) replays as one CUDA graph
 (`cuda_graphs`, train/cuda_graph.py): the same kernels, launched once instead of one by one.

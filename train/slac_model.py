@@ -163,7 +163,8 @@ class FrameDecoder(nn.Module):
         super().__init__()
         d = base_depth
         self.net = nn.Sequential(
-            DenseConvTranspose2d(latent_dim, 8 * d, 4), _leaky(),  # 1 -> 4
+            # Not in place: an in-place op on the GEMM's permuted output costs a copy in the backward.
+            DenseConvTranspose2d(latent_dim, 8 * d, 4), nn.LeakyReLU(LEAKY_SLOPE),  # 1 -> 4
             UpConv2d(8 * d, 4 * d, 3), _leaky(),  # -> 8
             UpConv2d(4 * d, 2 * d, 3), _leaky(),  # -> 16
             UpConv2d(2 * d, d, 3), _leaky(),  # -> 32

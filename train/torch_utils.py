@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from sacae_deploy.errors import SacaeError
+from train.layers import LinearToMap, MapLinear
 
 
 class DeviceError(SacaeError, ValueError):
@@ -17,7 +18,7 @@ class DeviceError(SacaeError, ValueError):
 
 def weight_init(m: nn.Module) -> None:
     """SAC+AE appendix B.4: orthogonal linear weights, delta-orthogonal (conv and deconv), zero biases."""
-    if isinstance(m, nn.Linear):
+    if isinstance(m, (nn.Linear, MapLinear, LinearToMap)):  # the latter two: Linear with a 4-d weight
         nn.init.orthogonal_(m.weight)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
