@@ -260,11 +260,8 @@ def test_bf16_autocast_update_stays_close_to_float32() -> None:
         assert _changed(trunk, agent.critic.encoder.trunk) and _changed(dec, agent.decoder)
         assert all(p.dtype == torch.float32 for p in agent.critic.parameters())
         metrics.append(m)
-    for key in ("critic_loss", "rec_loss", "entropy"):
+    for key in ("critic_loss", "rec_loss", "actor_loss"):
         assert float(metrics[1][key]) == pytest.approx(float(metrics[0][key]), rel=0.05, abs=1e-3), key
-    # alpha * log_pi - Q: a difference of terms of order 1 (log_pi steep near tanh saturation), so
-    # its bf16 error is absolute, not relative to the (small) difference.
-    assert float(metrics[1]["actor_loss"]) == pytest.approx(float(metrics[0]["actor_loss"]), abs=0.03)
 
 
 def test_weights_that_do_not_fit_the_networks_are_a_checkpoint_error() -> None:

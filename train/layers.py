@@ -1,9 +1,9 @@
 """Layers shared by the SAC+AE decoder and SLAC's model: transposed convolutions whose backward
 runs as the convolutions it is made of (same function and gradients; much faster on CPU), a
-squared error whose gradient keeps the decoder's memory layout (SAC+AE's reconstruction loss, SLAC's
-fixed-variance image likelihood), linear maps between feature vectors and conv feature maps that
-never copy a channels_last map into NCHW order, conv stacks whose no-grad passes fuse each
-activation into its convolution, and the pixel scaling both encoders start with."""
+squared error whose gradient keeps the decoder's memory layout (SLAC's fixed-variance image
+likelihood; SAC+AE's reconstruction loss on a GPU), linear maps between feature vectors and conv
+feature maps that never copy a channels_last map (or their weights) into NCHW order, conv stacks
+that fuse each activation into its convolution, and the pixel scaling both encoders start with."""
 
 from __future__ import annotations
 
@@ -152,6 +152,16 @@ def linear_to_map(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, cha
     return y.view(len(z), h, w, c).permute(0, 3, 1, 2)
 
 
+@torch.no_grad()
+def _linear_default_init(weight: torch.Tensor, bias: torch.Tensor, fan_in: int) -> None:
+    """nn.Linear's own default init (U(+-1/sqrt(fan_in)) for both), drawing as many numbers as it does,
+    so these layers start usable and leave the RNG where nn.Linear would (SAC+AE's weight_init then
+    replaces it with the paper's orthogonal init)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    weight.uniform_(-bound, bound)
+    bias.uniform_(-bound, bound)
+
+
 class MapLinear(nn.Module):
     """nn.Linear(C*H*W, out) on (N, C, H, W) maps flattened in NCHW order (SAC+AE's encoder fc),
     its weight kept as (out, C, H, W): a channels_last model then stores it in the maps' own (H, W, C)
@@ -161,6 +171,7 @@ class MapLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, *in_shape))
         self.bias = nn.Parameter(torch.empty(out_features))
+        _linear_default_init(self.weight, self.bias, math.prod(in_shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return map_linear(x, self.weight, self.bias)
@@ -175,6 +186,7 @@ class LinearToMap(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(in_features, *out_shape))
         self.bias = nn.Parameter(torch.empty(out_shape))
+        _linear_default_init(self.weight, self.bias, in_features)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return linear_to_map(z, self.weight.permute(1, 2, 3, 0), self.bias, is_channels_last(self.weight))
