@@ -181,6 +181,11 @@ def test_cpu_reconstruction_noise_is_seeded_and_layout_free() -> None:
     torch.testing.assert_close(loss_cl, loss)
     other, _ = _cpu_reconstruction(rec, obs, 5)
     assert not torch.equal(loss, other)
+    rec_g = rec.clone().requires_grad_()
+    plain = reconstruction_loss(rec_g, obs, 5, np.random.default_rng(4), fused=False)  # pass by pass
+    (plain_grad,) = torch.autograd.grad(plain, rec_g)
+    torch.testing.assert_close(plain, loss)  # the same noise, the same target
+    torch.testing.assert_close(plain_grad, grad)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -211,10 +216,11 @@ def test_paper_preset_is_the_paper() -> None:
 
 
 def test_speed_options_change_no_math() -> None:
-    """channels_last, the shared trunk pass, foreach Adam and the conv-grad deconvolutions are the
-    reference's computation reordered: the same losses and gradients up to fp32 rounding. Learning
+    """channels_last, the shared trunk pass, foreach Adam, the conv-grad deconvolutions and the fused
+    reconstruction loss are the reference's computation reordered: the same losses and gradients up to fp32 rounding. Learning
     rates are 0 so that Adam's normalised first steps cannot amplify rounding between the runs."""
-    reference = dict(channels_last=False, reuse_trunk=False, foreach_adam=False, deconv_conv_grad=False)
+    reference = dict(channels_last=False, reuse_trunk=False, foreach_adam=False, deconv_conv_grad=False,
+                     fused_reconstruction=False)
     frozen = dict(critic_lr=0.0, actor_lr=0.0, encoder_lr=0.0, decoder_lr=0.0, alpha_lr=0.0)
     runs = []
     for options in ({}, reference):

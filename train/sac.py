@@ -300,7 +300,7 @@ class SacAgent(SacFamilyAgent):
         with self._autocast():
             z = self.critic.encoder.head(trunk_out)
             rec = self.decoder(z)
-        rec_loss = reconstruction_loss(rec.float(), obs, self.cfg.reconstruction_bits, rng)
+        rec_loss = reconstruction_loss(rec.float(), obs, self.cfg.reconstruction_bits, rng, self.cfg.fused_reconstruction)
         # As the reference implementation: 0.5 * ||z||^2 per sample, averaged over the batch.
         latent_loss = (0.5 * z.float().pow(2).sum(-1)).mean()
         loss = rec_loss + self.cfg.decoder_latent_lambda * latent_loss
@@ -312,13 +312,18 @@ class SacAgent(SacFamilyAgent):
         return {"ae_loss": loss.detach(), "rec_loss": rec_loss.detach()}
 
 
-def reconstruction_loss(rec: torch.Tensor, obs: torch.Tensor, bits: int, rng: np.random.Generator) -> torch.Tensor:
+def reconstruction_loss(rec: torch.Tensor, obs: torch.Tensor, bits: int, rng: np.random.Generator,
+                        fused: bool = True) -> torch.Tensor:
     """The RAE reconstruction term (B.5, B.6): F.mse_loss(rec, reconstruction_target(obs, bits, u))
     with u ~ U[0, 1) dequantisation noise, seeded by one draw of the update's seeded `rng`. On a GPU
-    as written (torch.rand, its own seeded stream); on the CPU fused (`_CpuReconstructionLoss`)."""
+    as written (torch.rand, its own seeded stream). On the CPU fused (`_CpuReconstructionLoss`), or,
+    with `fused` off, pass by pass as the reference implementation computes it, from the same noise."""
     if rec.device.type != "cpu":
         return mean_squared_error(rec, reconstruction_target(obs, bits, torch.rand(obs.shape, device=obs.device)))
-    return _CpuReconstructionLoss.apply(rec, obs, bits, int(rng.integers(2**63)))
+    seed = int(rng.integers(2**63))
+    if fused:
+        return _CpuReconstructionLoss.apply(rec, obs, bits, seed)
+    return F.mse_loss(rec, reconstruction_target(obs, bits, _uniform_noise(obs.shape, seed)))
 
 
 # Fixed, so that the noise never depends on the machine's core count.
@@ -330,15 +335,37 @@ def _noise_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(min(_NOISE_CHUNKS, os.cpu_count() or 1), thread_name_prefix="sacae-rae")
 
 
+def _in_noise_chunks(batch: int, seed: int, work: Callable[[np.random.Generator, np.ndarray], None]) -> None:
+    """work(generator, sample indices) for each of `_NOISE_CHUNKS` runs of samples, in parallel
+    (numpy runs without the GIL); each run's PCG64 is seeded from (seed, run), and draws its
+    samples' noise in order, (H, W, C) within a sample, so the values depend on neither the core
+    count nor the memory layout."""
+    runs = np.array_split(np.arange(batch), _NOISE_CHUNKS)
+    gens = [np.random.default_rng([seed, i]) for i in range(_NOISE_CHUNKS)]
+    list(_noise_pool().map(work, gens, runs))
+
+
+def _uniform_noise(shape: torch.Size, seed: int) -> torch.Tensor:
+    """The fused loss's U[0, 1) noise for a (N, C, H, W) batch, as a tensor (a channels_last view)."""
+    n, c, h, w = shape
+    out = np.empty((n, h, w, c), np.float32)
+
+    def fill(gen: np.random.Generator, samples: np.ndarray) -> None:
+        for k in samples:
+            gen.random(out=out[k], dtype=np.float32)
+
+    _in_noise_chunks(n, seed, fill)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
 class _CpuReconstructionLoss(torch.autograd.Function):
     """`reconstruction_loss` on the CPU in one pass over the batch instead of seven (noise, target,
     difference, squared sums, gradient: each 32 MB for a paper batch, and this VM's memory is slow):
-    one sample at a time, while its 250 KB sit in the L2 cache, in `_NOISE_CHUNKS` numpy worker
-    threads (numpy runs without the GIL), each drawing its samples' noise from its own PCG64 seeded
-    from (seed, chunk) in (H, W, C) order, so the values depend on neither the core count nor the
-    memory layout. The target is reconstruction_target's, rounded as written (scaling by 2^-bits
-    is exact, so fl(u + q) / 2^bits = fl(u / 2^bits + q / 2^bits)). The gradient for an upstream
-    gradient of 1 (the RAE loss adds this term unscaled) is kept from the forward pass."""
+    one sample at a time, while its 250 KB sit in the L2 cache, in parallel runs of samples drawing
+    `_uniform_noise`'s values (`_in_noise_chunks`). The target is reconstruction_target's, rounded
+    as written (scaling by 2^-bits is exact, so fl(u + q) / 2^bits = fl(u / 2^bits + q / 2^bits)).
+    The gradient for an upstream gradient of 1 (the RAE loss adds this term unscaled) is kept from
+    the forward pass."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, rec: torch.Tensor, obs: torch.Tensor, bits: int,
@@ -349,8 +376,7 @@ class _CpuReconstructionLoss(torch.autograd.Function):
         hwc = (*rec.shape[2:], rec.shape[1])
         scale, grad_scale = np.float32(2.0**-bits), np.float32(2.0 / rec.numel())
 
-        def chunk(i: int, samples: np.ndarray) -> None:
-            gen = np.random.default_rng([seed, i])
+        def chunk(gen: np.random.Generator, samples: np.ndarray) -> None:
             noise, levels = np.empty(hwc, np.float32), np.empty(hwc, np.uint8)
             for n in samples:  # (C, H, W) -> (H, W, C) views: the noise order; no copies
                 target = gen.random(out=noise, dtype=np.float32)
@@ -363,8 +389,7 @@ class _CpuReconstructionLoss(torch.autograd.Function):
                 sums[n] = np.dot(flat, flat)
                 flat *= grad_scale  # d loss / d rec = 2 (rec - target) / numel
 
-        samples = np.array_split(np.arange(len(rec)), _NOISE_CHUNKS)
-        list(_noise_pool().map(chunk, range(_NOISE_CHUNKS), samples))
+        _in_noise_chunks(len(rec), seed, chunk)
         ctx.save_for_backward(grad)
         return torch.tensor(sums.sum() / rec.numel(), dtype=rec.dtype)
 
