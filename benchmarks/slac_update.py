@@ -1,7 +1,7 @@
 """SLAC update cost on the CPU at the paper's sizes: one model update (32 windows of 9 frames) and
 one SAC update (256 windows), this implementation against a naive variant measured in the same run.
 
-    .venv/bin/python benchmarks/slac_update.py [--steps 16] [--threads 2] [--bf16] [--device cuda]
+    .venv/bin/python benchmarks/slac_update.py [--steps 16] [--threads 2] [--episodes 100] [--bf16] [--device cuda]
 
 naive:       what the reference PyTorch port does: NCHW float32 convolutions everywhere (the 1x1-output
              layers as convolutions too, PyTorch's own transposed-conv backward), each window's 9
@@ -10,9 +10,11 @@ naive:       what the reference PyTorch port does: NCHW float32 convolutions eve
 naive_tuned: the same with this project's allocator setting, to show how much of the gap that is;
 optimized:   the agent's defaults, the same math: channels_last convolutions, the 1x1-output layers
              as the GEMMs they are, transposed-conv gradients as convolutions, each conv's leaky
-             ReLU fused into it (with and without grad), no-grad encoding in chunks of 512 frames,
-             each frame converted once,
-             fused Adam, tuned allocator; on a GPU each update replays as one CUDA graph.
+             ReLU fused into it (with and without grad), the decoder's RGB output layer as a
+             sub-pixel conv, no-grad encoding in chunks of 512 frames, each distinct frame of the
+             SAC batch's overlapping windows encoded once (their share depends on the replay's size:
+             `--episodes`), each frame converted once, fused Adam, tuned allocator; on a GPU each
+             update replays as one CUDA graph (which encodes every window position).
 Each variant runs in its own process (the allocator setting is process-wide) and the variants run
 in lockstep (benchmarks/lockstep.py: step i of every variant back to back, the order rotating), so a
 burst of CPU steal slows one step's variants alike; the speedup is the median of the per-step
@@ -56,6 +58,8 @@ ENV, ACTION_DIM = "cheetah-run", 6
 
 
 def make_replay(rng: np.random.Generator, device: torch.device, episodes: int = 12, length: int = 250) -> FrameReplay:
+    """`episodes` episodes of random frames and actions (250 agent steps: cheetah-run's 1000 env
+    steps at action repeat 4)."""
     replay = FrameReplay(episodes * (length + 1), (3, 64, 64), np.uint8, ACTION_DIM, check_memory=False,
                          device=device if device.type == "cuda" else None)
     for _ in range(episodes):
@@ -68,7 +72,8 @@ def make_replay(rng: np.random.Generator, device: torch.device, episodes: int = 
 
 def make_agent(variant: str, device: torch.device) -> SlacAgent:
     """The variant's agent; built right after torch.manual_seed(0), every variant has the same weights."""
-    overrides: dict[str, Any] = {"naive": dict(channels_last=False, encode_chunk=0, cuda_graphs=False), "optimized": {},
+    overrides: dict[str, Any] = {"naive": dict(channels_last=False, encode_chunk=0, distinct_frames=False,
+                                           cuda_graphs=False), "optimized": {},
                                  "optimized_bf16": dict(bf16=True)}[variant.removesuffix("_tuned")]
     cfg = C.resolve("slac", "paper", env=ENV, **overrides)
     agent = SlacAgent(cfg, (3, 64, 64), ACTION_DIM, device)  # type: ignore[arg-type]
@@ -84,7 +89,7 @@ def make_agent(variant: str, device: torch.device) -> SlacAgent:
     return agent
 
 
-def worker(variant: str, threads: int, device_name: str) -> None:
+def worker(variant: str, threads: int, device_name: str, episodes: int) -> None:
     """One variant in this process: first losses (the same-math check, also the warm-up), then a
     timed model + SAC update per `step` request (lockstep.serve)."""
     if variant != "naive":
@@ -93,7 +98,7 @@ def worker(variant: str, threads: int, device_name: str) -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     device = torch.device(device_name)
-    replay = make_replay(rng, device)
+    replay = make_replay(rng, device, episodes)
     agent = make_agent(variant, device)
 
     def now() -> float:
@@ -111,9 +116,11 @@ def worker(variant: str, threads: int, device_name: str) -> None:
         t0 = now()
         agent.update_model(replay.sample_windows(cfg.model_batch_size, rng, cfg.sequence_length))
         t1 = now()
-        agent.update_sac(replay.sample_windows(cfg.batch_size, rng, cfg.sequence_length))
+        batch = replay.sample_windows(cfg.batch_size, rng, cfg.sequence_length)
+        agent.update_sac(batch)
         t2 = now()
-        return {"model": 1000 * (t1 - t0), "sac": 1000 * (t2 - t1)}
+        slots = batch["frame_slots"]
+        return {"model": 1000 * (t1 - t0), "sac": 1000 * (t2 - t1), "distinct": len(np.unique(slots)) / slots.size}
 
     serve({"losses": [float(m["model_loss"]), float(q["critic_loss"])],
            "sizes": {"model_batch": cfg.model_batch_size, "sac_batch": cfg.batch_size,
@@ -128,15 +135,19 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true",
                         help="also time the bf16-autocast variant (not the same rounding)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the variants run")
+    parser.add_argument("--episodes", type=int, default=100,
+                        help="episodes in the replay (100: its size at the end of the paper's 100k-step cheetah-run; "
+                             "fewer episodes, more overlapping windows)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.threads, args.device)
+        worker(args.worker, args.threads, args.device, args.episodes)
         return
     variants = ["naive", "naive_tuned", "optimized"] + (["optimized_bf16"] if args.bf16 else [])
     steal = StealMeter()
     t_start = time.perf_counter()
     runs, ready = lockstep.run(__file__, variants, args.steps, "--threads", str(args.threads), "--device", args.device,
+                               "--episodes", str(args.episodes),
                                show=lambda r: ", ".join(f"{v} {r[v]['model']:.0f}+{r[v]['sac']:.0f} ms" for v in variants))
 
     def summary(v: str) -> dict[str, float]:
@@ -177,6 +188,9 @@ def main() -> None:
                                                  / opt["ms_per_combined_step"], 2),
         "loss_rel_diff_vs_naive": {k: float(f"{v:.2e}") for k, v in rel_diff.items()},
         "sizes": ready["optimized"]["sizes"],
+        "replay_frames": args.episodes * 251,
+        # Distinct frames among the SAC batch's 2,304 window positions (the optimized step encodes those).
+        "sac_distinct_frame_fraction": round(statistics.mean(r["distinct"] for r in runs["optimized"]), 3),
         "steps": args.steps,
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
         "threads": args.threads,

@@ -73,6 +73,8 @@ def test_actor_loss_leaves_conv_weights_unchanged() -> None:
     assert not _changed(trunk, agent.critic.encoder.trunk)
     assert _changed(head, agent.actor.encoder.fc)  # the actor trains its own fc
     assert not _changed(critic_heads, agent.critic.q1)
+    # The loss runs through the critic, but computes no gradients there for its next step to inherit.
+    assert all(p.grad is None for p in agent.critic.parameters())
 
 
 def test_critic_and_decoder_losses_move_the_trunk() -> None:

@@ -22,7 +22,7 @@ from torch import nn
 from sacae_deploy.contract import PADDING_RULE
 from train import config as C
 from train.encoder import ConvTrunk
-from train.layers import ConvTranspose2dConvGrad, run_conv_stack
+from train.layers import ConvTranspose2dConvGrad, is_channels_last, run_conv_stack
 from train.replay import FrameReplay
 from train.slac import HistoryPolicy, SlacAgent
 from train.slac_model import (DenseConv2d, DenseConvTranspose2d, FrameDecoder, FrameEncoder, Gaussian, LatentModel,
@@ -109,9 +109,10 @@ def test_paper_architecture_shapes() -> None:
     (lambda: (DenseConvTranspose2d(6, 5, 4), nn.ConvTranspose2d(6, 5, 4)), (3, 6, 1, 1)),
     (lambda: (UpConv2d(6, 4, 3), nn.ConvTranspose2d(6, 4, 3, 2, 1, 1)), (3, 6, 5, 5)),
     (lambda: (UpConv2d(4, 3, 5), nn.ConvTranspose2d(4, 3, 5, 2, 2, 1)), (3, 4, 8, 8)),
+    (lambda: (UpConv2d(4, 3, 5, subpixel=True), nn.ConvTranspose2d(4, 3, 5, 2, 2, 1)), (3, 4, 8, 8)),
     (lambda: (ConvTranspose2dConvGrad(4, 9, 3, 2, output_padding=1), nn.ConvTranspose2d(4, 9, 3, 2, output_padding=1)),
      (4, 4, 5, 5)),  # SAC+AE's last layer; its 9-channel bias gradient summed as wide rows
-], ids=["dense_conv", "dense_deconv", "up3", "up5", "sac_ae_last"])
+], ids=["dense_conv", "dense_deconv", "up3", "up5", "up5_subpixel", "sac_ae_last"])
 def test_fast_layers_compute_the_plain_layers(make: Callable[[], tuple[nn.Module, nn.Module]], shape: tuple[int, ...],
                                               channels_last: bool) -> None:
     """The GEMM / adjoint-gradient layers are the paper's conv layers: same outputs and gradients."""
@@ -130,6 +131,28 @@ def test_fast_layers_compute_the_plain_layers(make: Callable[[], tuple[nn.Module
     torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
     for p, q in zip(fast.parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride, kernel", [(2, 5), (3, 7), (2, 1)])
+def test_subpixel_forward_is_the_transposed_conv(stride: int, kernel: int) -> None:
+    """The sub-pixel forward (one conv per output phase, then a pixel shuffle) computes the transposed
+    conv, with and without autograd, and comes out channels_last at stride x the input size."""
+    torch.manual_seed(0)
+    fast = UpConv2d(5, 3, kernel, stride, subpixel=True).to(memory_format=torch.channels_last)
+    plain = nn.ConvTranspose2d(5, 3, kernel, stride, (kernel - 1) // 2, stride - 1)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last)
+    want = plain(x.contiguous())
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            got = fast(x)
+        assert got.shape == (2, 3, 6 * stride, 7 * stride) and is_channels_last(got)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_subpixel_refuses_a_shape_it_cannot_compute() -> None:
+    with pytest.raises(ValueError, match="subpixel"):
+        UpConv2d(4, 3, 3, subpixel=True)  # kernel 3, stride 2: phases reach 0..1, not symmetric
 
 
 @pytest.mark.parametrize("make, shape", [
@@ -273,6 +296,31 @@ def test_sac_update_leaves_the_encoder_and_model_unchanged() -> None:
     enc = _params(agent.encoder)
     agent.update_model(batch)
     assert _changed(enc, agent.encoder)  # the model objective is what trains it
+
+
+def test_sac_update_encodes_each_distinct_frame_once_with_the_same_result() -> None:
+    """Overlapping windows and padding repeat frames: the SAC update encodes each stored frame once
+    (the replay's `frame_slots`) and makes the very update that encoding every window position makes."""
+    replay = _replay()
+    batch = replay.sample_windows(64, np.random.default_rng(3), 8)  # 576 positions of 63 stored frames
+    slots = batch["frame_slots"]
+    assert slots.shape == (64, 9) and np.array_equal(replay.obs[slots], batch["frames"])
+    distinct = len(np.unique(slots))
+    assert distinct < slots.size
+    encoded, metrics, params = [], [], []
+    for distinct_frames in (True, False):  # the speed option; off: every position, as the reference
+        agent = _agent(distinct_frames=distinct_frames)
+        seen: list[int] = []
+        encode = agent._encode_no_grad
+        agent._encode_no_grad = lambda f, encode=encode, seen=seen: (seen.append(len(f)), encode(f))[1]  # type: ignore
+        torch.manual_seed(1)
+        m = agent.update_sac(batch)
+        encoded.append(sum(seen))
+        metrics.append({k: float(v) for k, v in m.items()})
+        params.append(_params(agent.actor) + _params(agent.critic))
+    assert encoded == [distinct, slots.size]
+    assert metrics[0] == metrics[1]
+    assert all(torch.equal(a, b) for a, b in zip(*params))
 
 
 def test_windows_ending_on_an_episode_start_do_not_train_the_critic() -> None:

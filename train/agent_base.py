@@ -48,6 +48,14 @@ class SacFamilyAgent:
         for m in self.modules().values():
             m.train(training)
 
+    @staticmethod
+    def _descend(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """One step of `opt` on `loss`, the gradients computed for opt's parameters only: the actor
+        loss runs through the critic, whose gradients it would otherwise compute and then discard."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward(inputs=[p for group in opt.param_groups for p in group["params"]])
+        opt.step()
+
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp()

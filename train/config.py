@@ -276,11 +276,14 @@ class SlacConfig(CommonConfig):
     actor_std_scale: float = 2.0  # C: the pre-tanh Gaussian's scale is multiplied by 2 (DeepMind Control)
     random_action_scale: float = 2.0  # C: seed actions tanh(N(0, 2^2))
     updates_per_step: int = 1  # C: one model and one SAC gradient step per agent step
-    # Speed options: channels_last conv layout and no-grad encoding in chunks of this many frames
-    # (0 = all at once; chunks bound the activation memory) are the same math; bf16 autocast of the
-    # conv encoder/decoder is not (different rounding), hence off by default.
+    # Speed options: channels_last conv layout, no-grad encoding in chunks of this many frames
+    # (0 = all at once; chunks bound the activation memory) and the SAC update encoding each distinct
+    # frame of its overlapping windows once (`distinct_frames`; off: every window position, as the
+    # reference) are the same math; bf16 autocast of the conv encoder/decoder is not (different
+    # rounding), hence off by default.
     channels_last: bool = True
     encode_chunk: int = 512
+    distinct_frames: bool = True
     bf16: bool = False
     cuda_graphs: bool = True  # on a GPU, each update replays as one CUDA graph (same kernels, one launch)
 

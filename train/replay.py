@@ -179,7 +179,9 @@ class FrameReplay:
     def sample_windows(self, batch: int, rng: np.random.Generator, length: int) -> dict[str, Any]:
         """SLAC windows ending at a random slot g: frames g-length..g (B, length+1, *obs_shape) and the
         `length` actions/rewards/discounts leading to frames g-length+1..g. Before the episode start the
-        first frame is repeated and actions/rewards are zero (PADDING_RULE); `valid` marks real steps."""
+        first frame is repeated and actions/rewards are zero (PADDING_RULE); `valid` marks real steps;
+        `frame_slots` (B, length+1) says which stored frame each one is (windows share frames where
+        they overlap, and padding repeats one: a consumer may encode each frame once)."""
         g = self._draw(rng, batch, length, need_next=False)
         idx = self._history_index(g, length)
         step_idx = idx[:, 1:]
@@ -193,6 +195,7 @@ class FrameReplay:
             "reward": self.reward[step_idx] * mask,
             "discount": np.where(valid, self.discount[step_idx], 1.0).astype(np.float32),
             "valid": valid,
+            "frame_slots": idx,
         }
 
     # ------------------------------------------------------------------ checkpointing

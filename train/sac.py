@@ -278,11 +278,7 @@ class SacAgent(SacFamilyAgent):
             q1, q2 = self.critic.q(self.critic.encoder.head(h_critic), pi)
         log_pi = log_pi.float()
         actor_loss = (self.alpha.detach() * log_pi - torch.min(q1, q2).float()).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        # The critic's heads received gradients from the actor loss; they must not leak into the next step.
-        self.critic_opt.zero_grad(set_to_none=True)
+        self._descend(self.actor_opt, actor_loss)  # no gradients for the critic it runs through
 
         alpha_loss = (self.alpha * (-log_pi - self.target_entropy).detach()).mean()
         self.alpha_opt.zero_grad(set_to_none=True)

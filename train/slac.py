@@ -14,16 +14,17 @@ Before learning: random episodes (actions tanh(N(0, 2^2))), then `pretrain_updat
 updates (appendix C). History padding at an episode's start follows `contract.PADDING_RULE` both in
 the replay's windows and when acting (`HistoryPolicy`).
 
-Same math, less work: each window's 9 frames are encoded once per update, and in the SAC update
-those features (no autograd; in chunks, which bounds the activation memory) serve the filtering pass
-for the critic and the actor's history input alike; the model update converts its frames to floats
-once, for the encoder and the image likelihood (whose gradient keeps the decoder's memory layout);
-convolutions run channels_last, each encoder conv with its leaky ReLU as one oneDNN op, the layers
-with a 1x1 side as GEMMs and the decoder's gradients as convolutions (train/slac_model.py); Adam is
-fused. benchmarks/slac_update.py measures this against
-the reference's way. `bf16=true` adds autocast for the conv encoder/decoder (faster on CPUs with
-AMX; different rounding). On a GPU each update (model, SAC) replays as one CUDA graph
-(`cuda_graphs`, train/cuda_graph.py): the same kernels, launched once instead of one by one.
+Same math, less work: each window's 9 frames are encoded once per update (in the SAC update each
+distinct frame once: overlapping windows share frames), and in the SAC update those features (no
+autograd; in chunks, which bounds the activation memory) serve the filtering pass for the critic and
+the actor's history input alike; the model update converts its frames to floats once, for the
+encoder and the image likelihood (whose gradient keeps the decoder's memory layout); convolutions
+run channels_last, each encoder conv with its leaky ReLU as one oneDNN op, the layers with a 1x1
+side as GEMMs, the decoder's RGB output layer as a sub-pixel conv and its gradients as convolutions
+(train/slac_model.py); Adam is fused. benchmarks/slac_update.py measures this against the
+reference's way. `bf16=true` adds autocast for the conv encoder/decoder (faster on CPUs with AMX;
+different rounding). On a GPU each update (model, SAC) replays as one CUDA graph (`cuda_graphs`,
+train/cuda_graph.py): the same kernels, launched once instead of one by one.
 """
 
 from __future__ import annotations
@@ -247,7 +248,19 @@ class SlacAgent(SacFamilyAgent):
         return self._model_step(*self._window(batch))
 
     def update_sac(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return self._sac_step(*self._window(batch))
+        """Eager steps encode each distinct frame once: the windows of a batch overlap (at the end of
+        a 100k-step cheetah run ~6% of the 2,304 frames are repeats; early on over 30%), and padding
+        repeats an episode's first frame. The same features, so the same update. A CUDA graph needs
+        fixed shapes and encodes all the frames."""
+        frames, *rest = self._window(batch)
+        slots = batch.get("frame_slots")
+        if self.cfg.distinct_frames and slots is not None and not self.graphs:
+            _, first, inverse = np.unique(slots.ravel(), return_index=True, return_inverse=True)
+            if len(first) < len(frames):
+                dev = frames.device
+                return self._update_sac(frames[torch.as_tensor(first, device=dev)], *rest,
+                                        torch.as_tensor(inverse, device=dev))
+        return self._sac_step(frames, *rest)
 
     def _update_model(self, frames: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                       discount: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -263,13 +276,18 @@ class SlacAgent(SacFamilyAgent):
         self.model_opt.step()
         return metrics
 
-    def _update_sac(self, frames: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
-                    discount: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _update_sac(self, frames: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
+                    valid: torch.Tensor, frame_of: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """frames: the windows' frames in order, or (with `frame_of`: window position -> row) the
+        distinct ones."""
         cfg = self.cfg
         b, seq = action.shape[:2]
         h = cfg.history_length
         with torch.no_grad():
-            features = self._encode_no_grad(frames).view(b, seq + 1, -1)
+            features = self._encode_no_grad(frames)
+            if frame_of is not None:
+                features = features[frame_of]
+            features = features.view(b, seq + 1, -1)
             z = self.model.filter(features, action, valid).z
         # The actor's history at the window's last step: frames seq-h+1..seq and the actions between them.
         history = SlacActor.history_input(features[:, seq + 1 - h:], action[:, seq + 1 - h:seq])
@@ -303,11 +321,7 @@ class SlacAgent(SacFamilyAgent):
         pi, log_pi = self.actor.sample(history)
         q1, q2 = self.critic.q(z, pi)
         actor_loss = (self.alpha.detach() * log_pi - torch.min(q1, q2)).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        # The critic received gradients from the actor loss; they must not reach its next step.
-        self.critic_opt.zero_grad(set_to_none=True)
+        self._descend(self.actor_opt, actor_loss)  # no gradients for the critic it runs through
 
         alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()
         self.alpha_opt.zero_grad(set_to_none=True)

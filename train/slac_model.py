@@ -114,9 +114,11 @@ class UpConv2d(ConvTranspose2dConvGrad):
     padding (k-1)/2, output padding s-1" shape (output = s x input), with its backward run as
     convolutions (train.layers)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2,
+                 subpixel: bool = False) -> None:
         assert kernel_size % 2 == 1, "odd kernels only: grad_input is then a 'same'-padded strided conv"
-        super().__init__(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, stride - 1)
+        super().__init__(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, stride - 1,
+                         subpixel=subpixel)
 
 
 class FrameEncoder(nn.Module):
@@ -168,7 +170,7 @@ class FrameDecoder(nn.Module):
             UpConv2d(8 * d, 4 * d, 3), _leaky(),  # -> 8
             UpConv2d(4 * d, 2 * d, 3), _leaky(),  # -> 16
             UpConv2d(2 * d, d, 3), _leaky(),  # -> 32
-            UpConv2d(d, 3, 5),  # -> 64
+            UpConv2d(d, 3, 5, subpixel=True),  # -> 64 (RGB: the sub-pixel forward, train.layers)
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
