@@ -1,5 +1,6 @@
 """Layers shared by the SAC+AE decoder and SLAC's model: transposed convolutions whose backward
-runs as the convolutions it is made of (same function and gradients; much faster on CPU), a
+runs as the convolutions it is made of (same function and gradients; much faster on CPU), and
+whose forward can run as a sub-pixel conv (few output channels: an RGB output layer), a
 squared error whose gradient keeps the decoder's memory layout (SLAC's fixed-variance image
 likelihood; SAC+AE's reconstruction loss on a GPU), linear maps between feature vectors and conv
 feature maps that never copy a channels_last map (or their weights) into NCHW order, conv stacks
@@ -16,10 +17,10 @@ from torch import nn
 
 
 class _ConvTransposeFn(torch.autograd.Function):
-    """A transposed conv (`layer.conv_transpose`) with its backward written as the convolutions it is made
-    of: a transposed conv is the adjoint of a conv, so grad_input = conv2d(grad, w) and grad_w is that
-    conv's weight gradient. Same gradients; oneDNN runs these (channels_last) much faster than its
-    deconvolution backward."""
+    """A transposed conv (`layer.conv_transpose`) with its backward written as the convolutions it
+    is made of: a transposed conv is the adjoint of a conv, so grad_input = conv2d(grad, w) and grad_w
+    is that conv's weight gradient. Same gradients; oneDNN runs these (channels_last) much faster
+    than its deconvolution backward."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -51,7 +52,7 @@ def channel_sums(t: torch.Tensor) -> torch.Tensor:
 
 class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
     """nn.ConvTranspose2d (same parameters, init and function) with `_ConvTransposeFn`'s backward
-    when differentiating in one dtype; PyTorch's own path otherwise (no grad, or autocast).
+    when differentiating in one dtype; PyTorch's own layer under autocast.
 
     `subpixel=True` (square, stride s, output s x input: padding (k-1)/2, output_padding s-1) also
     computes the forward on the CPU fast path as one stride-1 conv with s*s*out channels, one group
