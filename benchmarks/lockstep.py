@@ -4,6 +4,7 @@ burst of CPU steal slows the variants of one step alike and every step gives a p
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -75,6 +76,14 @@ def run(script: str, names: list[str], steps: int, *args: str,
         for w in workers.values():
             w.close()
     return replies, {n: w.ready for n, w in workers.items()}
+
+
+def step_count(text: str) -> int:
+    """argparse type for a number of timed steps: quartiles of paired ratios need two of them."""
+    n = int(text)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"needs at least 2 timed steps (quartiles of paired ratios), got {n}")
+    return n
 
 
 def paired(reference: list[float], candidate: list[float]) -> dict[str, Any]:

@@ -122,7 +122,7 @@ def worker(variant: str, threads: int, device_name: str, episodes: int) -> None:
         slots = batch["frame_slots"]
         return {"model": 1000 * (t1 - t0), "sac": 1000 * (t2 - t1), "distinct": len(np.unique(slots)) / slots.size}
 
-    serve({"losses": [float(m["model_loss"]), float(q["critic_loss"])],
+    serve({"losses": [float(m["model_loss"]), float(q["critic_loss"])], "replay_frames": len(replay),
            "sizes": {"model_batch": cfg.model_batch_size, "sac_batch": cfg.batch_size,
                      "sequence_length": cfg.sequence_length, "frames": 64, "z1": cfg.z1_dim, "z2": cfg.z2_dim,
                      "hidden": cfg.model_hidden, "features": agent.feature_dim, "action_dim": ACTION_DIM}}, step)
@@ -130,7 +130,7 @@ def worker(variant: str, threads: int, device_name: str, episodes: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=16, help="timed model + SAC updates per variant")
+    parser.add_argument("--steps", type=lockstep.step_count, default=16, help="timed model + SAC updates per variant")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bf16", action="store_true",
                         help="also time the bf16-autocast variant (not the same rounding)")
@@ -188,7 +188,7 @@ def main() -> None:
                                                  / opt["ms_per_combined_step"], 2),
         "loss_rel_diff_vs_naive": {k: float(f"{v:.2e}") for k, v in rel_diff.items()},
         "sizes": ready["optimized"]["sizes"],
-        "replay_frames": args.episodes * 251,
+        "replay_frames": ready["optimized"]["replay_frames"],
         # Distinct frames among the SAC batch's 2,304 window positions (the optimized step encodes those).
         "sac_distinct_frame_fraction": round(statistics.mean(r["distinct"] for r in runs["optimized"]), 3),
         "steps": args.steps,
