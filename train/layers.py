@@ -87,9 +87,9 @@ def _phase_taps(kernel: int, stride: int, padding: int) -> list[list[tuple[int, 
 
 
 def _subpixel_weight_index(layer: nn.ConvTranspose2d) -> torch.Tensor:
-    """Where each weight of the sub-pixel conv comes from: a flat index into the transposed conv's
-    weight (in, out, k, k), or one past its end (a zero: that phase has no tap there). The conv's
-    weight is (s*s*out, in, T, T), output channel (phase row, phase column, out)."""
+    """Where each weight of the sub-pixel conv, (s*s*out, in, T, T) with output channels ordered
+    (phase row, phase column, out), comes from: a flat index into the transposed conv's weight
+    (in, out, k, k), or one past its end (a zero: that phase has no tap there)."""
     (k, _), (s, _), (p, _) = layer.kernel_size, layer.stride, layer.padding
     taps = _phase_taps(k, s, p)
     reach = max(abs(u) for phase in taps for u, _ in phase)
@@ -106,19 +106,18 @@ def _subpixel_weight_index(layer: nn.ConvTranspose2d) -> torch.Tensor:
             for uy, ty in row_taps:
                 for ux, tx in col_taps:
                     index[ry, rx, :, :, uy + reach, ux + reach] = flat[:, :, ty, tx].t()
-    return index.flatten()
+    return index.view(s * s * c_out, c_in, width, width)
 
 
 def _subpixel_conv_transpose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
                              index: torch.Tensor) -> torch.Tensor:
     """`ConvTranspose2dConvGrad.conv_transpose` as a sub-pixel conv: the same products and sums (the
     zero taps add exact zeros), for a channels_last x; returns channels_last."""
-    n, c_in, h, w = x.shape
+    n, _, h, w = x.shape
     c_out = weight.size(1)
-    kernel = torch.cat([weight.reshape(-1), weight.new_zeros(1)])[index]
-    width = math.isqrt(len(index) // (stride * stride * c_out * c_in))
-    kernel = kernel.view(stride * stride * c_out, c_in, width, width).contiguous(memory_format=torch.channels_last)
-    phases = F.conv2d(x, kernel, None if bias is None else bias.repeat(stride * stride), padding=width // 2)
+    kernel = torch.cat([weight.reshape(-1), weight.new_zeros(1)])[index].contiguous(memory_format=torch.channels_last)
+    bias = None if bias is None else bias.repeat(stride * stride)
+    phases = F.conv2d(x, kernel, bias, padding=index.size(-1) // 2)
     y = phases.permute(0, 2, 3, 1).reshape(n, h, w, stride, stride, c_out).transpose(2, 3)
     return y.reshape(n, h * stride, w * stride, c_out).permute(0, 3, 1, 2)
 
