@@ -3,15 +3,20 @@ the targets follow."""
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from train import config as C
 from train.replay import FrameReplay
-from train.layers import linear_to_map, map_linear, mean_squared_error
+from train.layers import channels_last_copy, is_channels_last, linear_to_map, map_linear, mean_squared_error
 from train.sac import SacAgent, reconstruction_loss, reconstruction_target
+from train.torch_utils import FusedAdam
 
 
 def _agent(algo: str = "sac-ae", mirror: bool = False, **kw: object) -> tuple[SacAgent, FrameReplay]:
@@ -241,6 +246,62 @@ def test_speed_options_change_no_math() -> None:
     assert any(k.startswith("decoder.deconvs") for k in fast_grads) and any("trunk" in k for k in fast_grads)
     for key, grad in fast_grads.items():
         torch.testing.assert_close(grad, ref_grads[key], rtol=1e-3, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("shape, dtype", [((2, 9, 5, 6), torch.uint8), ((3, 3, 4, 4), torch.float32), ((2, 1, 3, 3), torch.uint8)])
+def test_channels_last_copy_is_the_layout_copy(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """The plane-by-plane layout copy of a batch (here a strided view, as replay stacks are) has
+    torch's values and channels_last strides; an input already laid out so is returned as it is."""
+    base = torch.arange(2 * math.prod(shape)).to(dtype).view(shape[0], 2 * shape[1], *shape[2:])
+    frames = base[:, 1::2]
+    got = channels_last_copy(frames)
+    want = frames.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, want) and got.stride() == want.stride()
+    assert channels_last_copy(want) is want
+
+
+def _adam_runs(make_opts: list[Callable[[list[nn.Parameter]], torch.optim.Optimizer]],
+               nchw_grad_at: tuple[int, int] | None = None) -> tuple[list[list[nn.Parameter]], list[torch.optim.Optimizer]]:
+    """Four steps of each optimizer on the same channels_last / 2-d / 1-d parameters and gradients;
+    nchw_grad_at=(step, param): that gradient assigned in NCHW layout to a channels_last parameter."""
+    torch.manual_seed(0)
+    cl = torch.channels_last
+    shapes = [(6, 5, 7, 7), (8, 3, 3, 3), (4, 9), (4,)]
+    made = [torch.randn(s).contiguous(memory_format=cl) if len(s) == 4 else torch.randn(s) for s in shapes]
+    runs = [[nn.Parameter(t.clone(memory_format=torch.preserve_format)) for t in made] for _ in make_opts]
+    opts = [make(params) for make, params in zip(make_opts, runs)]
+    for step in range(4):
+        for i, s in enumerate(shapes):
+            g = torch.randn(s)
+            g = g.contiguous(memory_format=cl) if len(s) == 4 and (step, i) != nchw_grad_at else g
+            for params in runs:
+                params[i].grad = g.clone()
+        for opt in opts:
+            opt.step()
+    for params in runs:
+        assert is_channels_last(params[0]) and not torch.equal(params[0], made[0])
+    return runs, opts
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_fused_adam_is_torch_fused_adam_bit_for_bit(weight_decay: float) -> None:
+    """FusedAdam hands channels_last tensors to torch's fused kernel as flat views (no layout copies):
+    the same parameters and state as torch.optim.Adam(fused=True), layouts kept."""
+    runs, opts = _adam_runs([lambda ps: FusedAdam(ps, 1e-2, (0.5, 0.999), weight_decay),
+                             lambda ps: torch.optim.Adam(ps, 1e-2, (0.5, 0.999), weight_decay=weight_decay, fused=True)])
+    for mine, theirs in zip(*runs):
+        assert torch.equal(mine, theirs) and mine.stride() == theirs.stride()
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(opts[0].state[mine][key], opts[1].state[theirs][key])
+
+
+def test_fused_adam_pairs_a_gradient_laid_out_unlike_its_parameter() -> None:
+    """A hand-assigned NCHW gradient for a channels_last weight updates the right elements (the
+    per-tensor Adam loop's result), where torch's fused CPU kernel pairs them in memory order."""
+    (mine, loop), _ = _adam_runs([lambda ps: FusedAdam(ps, 1e-2), lambda ps: torch.optim.Adam(ps, 1e-2, foreach=False)],
+                                 nchw_grad_at=(2, 1))
+    for p, q in zip(mine, loop):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -21,6 +21,7 @@ from torch import nn
 
 from sacae_deploy.contract import PADDING_RULE
 from train import config as C
+from train.decoder import PixelDecoder
 from train.encoder import ConvTrunk
 from train.layers import ConvTranspose2dConvGrad, is_channels_last, run_conv_stack
 from train.replay import FrameReplay
@@ -155,20 +156,22 @@ def test_subpixel_refuses_a_shape_it_cannot_compute() -> None:
         UpConv2d(4, 3, 3, subpixel=True)  # kernel 3, stride 2: phases reach 0..1, not symmetric
 
 
-@pytest.mark.parametrize("make, shape", [
-    (lambda: FrameEncoder(8).net, (4, 3, 64, 64)),
-    (lambda: ConvTrunk(9, 4, 8).net, (4, 9, 21, 21)),
-], ids=["slac_encoder", "sac_ae_trunk"])
+@pytest.mark.parametrize("make, shape, op", [
+    (lambda: FrameEncoder(8).net, (4, 3, 64, 64), "_convolution_pointwise"),
+    (lambda: ConvTrunk(9, 4, 8).net, (4, 9, 21, 21), "_convolution_pointwise"),
+    (lambda: FrameDecoder(12, 8).net, (4, 12, 1, 1), "_convolution_transpose_pointwise"),
+    (lambda: PixelDecoder((9, 21, 21), 6, 4, 8).deconvs, (4, 8, 4, 4), "_convolution_transpose_pointwise"),
+], ids=["slac_encoder", "sac_ae_trunk", "slac_decoder", "sac_ae_decoder"])
 def test_conv_stacks_fuse_their_activations_without_changing_values(
-        make: Callable[[], nn.Sequential], shape: tuple[int, ...]) -> None:
-    """channels_last CPU passes (target encodings, SLAC's batch encoding, acting, and the passes
-    trained through) run each conv with its activation as one oneDNN op: the plain layers' values
-    and, through autograd, their gradients."""
+        make: Callable[[], nn.Sequential], shape: tuple[int, ...], op: str) -> None:
+    """channels_last CPU passes (target encodings, SLAC's batch encoding, acting, the decoders, and
+    the passes trained through) run each conv or transposed conv with its activation as one oneDNN
+    op: the plain layers' values and, through autograd, their gradients."""
     net = make().to(memory_format=torch.channels_last)
     x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.profiler.profile() as prof:
         fused = run_conv_stack(net, x)
-    assert "mkldnn::_convolution_pointwise" in {e.name for e in prof.events()}
+    assert f"mkldnn::{op}" in {e.name for e in prof.events()}
     with torch.no_grad():
         plain = net(x)
     torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from train.encoder import conv_output_size
-from train.layers import ConvTranspose2dConvGrad, LinearToMap
+from train.layers import ConvTranspose2dConvGrad, LinearToMap, run_conv_stack
 
 
 class PixelDecoder(nn.Module):
@@ -31,4 +31,5 @@ class PixelDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         # fc's outputs come out in the transposed convs' memory layout (no NCHW -> channels_last copy);
         # not relu'd in place: an in-place op on that permuted view would cost a copy in the backward.
-        return self.deconvs(torch.relu(self.fc(z)))
+        # Each transposed conv and its ReLU run as one op on the CPU fast path (run_conv_stack).
+        return run_conv_stack(self.deconvs, torch.relu(self.fc(z)))

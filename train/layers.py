@@ -4,7 +4,8 @@ whose forward can run as a sub-pixel conv (few output channels: an RGB output la
 squared error whose gradient keeps the decoder's memory layout (SLAC's fixed-variance image
 likelihood; SAC+AE's reconstruction loss on a GPU), linear maps between feature vectors and conv
 feature maps that never copy a channels_last map (or their weights) into NCHW order, conv stacks
-that fuse each activation into its convolution, and the pixel scaling both encoders start with."""
+that fuse each activation into its (transposed) convolution, the pixel scaling both encoders start
+with, and the channels_last copy of a frame batch they take."""
 
 from __future__ import annotations
 
@@ -17,26 +18,34 @@ from torch import nn
 
 
 class _ConvTransposeFn(torch.autograd.Function):
-    """A transposed conv (`layer.conv_transpose`) with its backward written as the convolutions it
-    is made of: a transposed conv is the adjoint of a conv, so grad_input = conv2d(grad, w) and grad_w
-    is that conv's weight gradient. Same gradients; oneDNN runs these (channels_last) much faster
-    than its deconvolution backward."""
+    """A transposed conv (`layer.conv_transpose`), optionally with the activation after it fused in
+    (`act`: (attr, scalars), run_conv_stack), its backward written as the convolutions it is made
+    of: a transposed conv is the adjoint of a conv, so grad_input = conv2d(grad, w) and grad_w is
+    that conv's weight gradient. Same gradients; oneDNN runs these (channels_last) much faster than
+    its deconvolution backward."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                layer: "ConvTranspose2dConvGrad") -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
+                layer: "ConvTranspose2dConvGrad", act: tuple[str, list[float]] | None) -> torch.Tensor:
         ctx.geometry = (layer.stride[0], layer.padding[0])  # type: ignore[attr-defined]
-        return layer.conv_transpose(x, weight, bias)
+        if act is None:
+            ctx.save_for_backward(x, weight)
+            return layer.conv_transpose(x, weight, bias)
+        y = _conv_transpose_act(x, layer, *act)
+        ctx.save_for_backward(x, weight, y)
+        ctx.slope = _slope(act)  # type: ignore[attr-defined]
+        return y
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[Any, ...]:
-        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        x, weight, *fused = ctx.saved_tensors  # type: ignore[attr-defined]
         stride, padding = ctx.geometry  # type: ignore[attr-defined]
+        if fused:
+            grad = _activation_grad(grad, fused[0], ctx.slope)  # type: ignore[attr-defined]
         grad_x = F.conv2d(grad, weight, None, stride, padding) if ctx.needs_input_grad[0] else None
         _, grad_w, _ = torch.ops.aten.convolution_backward(
             x, grad, weight, None, [stride, stride], [padding, padding], [1, 1], False, [0, 0], 1, [False, True, False])
-        return grad_x, grad_w, channel_sums(grad), None
+        return grad_x, grad_w, channel_sums(grad), None, None
 
 
 def channel_sums(t: torch.Tensor) -> torch.Tensor:
@@ -76,7 +85,7 @@ class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
             return super().forward(x)
         if not torch.is_grad_enabled():
             return self.conv_transpose(x, self.weight, self.bias)
-        return _ConvTransposeFn.apply(x, self.weight, self.bias, self)
+        return _ConvTransposeFn.apply(x, self.weight, self.bias, self, None)
 
 
 def _phase_taps(kernel: int, stride: int, padding: int) -> list[list[tuple[int, int]]]:
@@ -127,6 +136,19 @@ def is_channels_last(t: torch.Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
+def channels_last_copy(frames: torch.Tensor) -> torch.Tensor:
+    """frames.contiguous(memory_format=torch.channels_last). On the CPU a (N, C, H, W) batch is
+    copied one channel plane at a time into (N, H, W, C) storage: torch's own copy interleaves the
+    few channels of uint8 frames pixel by pixel, 1.2x (9-channel stacks) to 2x (RGB frames) slower."""
+    if frames.device.type != "cpu" or frames.dim() != 4 or frames.is_contiguous(memory_format=torch.channels_last):
+        return frames.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = frames.shape
+    out = frames.new_empty((n, h, w, c))
+    for i in range(c):
+        out[..., i].copy_(frames[:, i])
+    return out.permute(0, 3, 1, 2)
+
+
 def _fusable(x: torch.Tensor) -> bool:
     """The agents' channels_last CPU float32 path (export, NCHW, autocast and the GPU keep the
     layers as they are)."""
@@ -139,51 +161,84 @@ def _conv_act(x: torch.Tensor, conv: nn.Conv2d, attr: str, scalars: list[float])
                                                    list(conv.dilation), conv.groups, attr, scalars, "")
 
 
+def _conv_transpose_act(x: torch.Tensor, layer: nn.ConvTranspose2d, attr: str, scalars: list[float]) -> torch.Tensor:
+    return torch.ops.mkldnn._convolution_transpose_pointwise(
+        x, layer.weight, layer.bias, list(layer.padding), list(layer.output_padding), list(layer.stride),
+        list(layer.dilation), layer.groups, attr, scalars, "")
+
+
+def _slope(act: tuple[str, list[float]]) -> float | None:
+    """A fused activation's LeakyReLU slope; None for a ReLU."""
+    return act[1][0] if act[1] else None
+
+
+def _activation_grad(grad: torch.Tensor, y: torch.Tensor, slope: float | None) -> torch.Tensor:
+    """The gradient through a ReLU (slope None) or LeakyReLU, from its output y (whose sign is its input's)."""
+    return (torch.ops.aten.threshold_backward(grad, y, 0.0) if slope is None
+            else torch.ops.aten.leaky_relu_backward(grad, y, slope, True))
+
+
 class _ConvActFn(torch.autograd.Function):
     """conv -> ReLU / LeakyReLU as one oneDNN op (the activation a post-op) and autograd's own
-    backward for the pair: the activation's gradient from the saved output (its sign is the
-    input's), then the conv's. Saves the separate in-place activation pass over each map."""
+    backward for the pair: the activation's gradient from the saved output, then the conv's. Saves
+    the separate in-place activation pass over each map."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                conv: nn.Conv2d, attr: str, scalars: list[float]) -> torch.Tensor:
-        y = _conv_act(x, conv, attr, scalars)
+                conv: nn.Conv2d, act: tuple[str, list[float]]) -> torch.Tensor:
+        y = _conv_act(x, conv, *act)
         ctx.save_for_backward(x, weight, y)
-        ctx.conv, ctx.slope = conv, (scalars[0] if scalars else None)  # type: ignore[attr-defined]
+        ctx.conv, ctx.slope = conv, _slope(act)  # type: ignore[attr-defined]
         return y
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[Any, ...]:
         x, weight, y = ctx.saved_tensors  # type: ignore[attr-defined]
-        conv, slope = ctx.conv, ctx.slope  # type: ignore[attr-defined]
-        grad = (torch.ops.aten.threshold_backward(grad, y, 0.0) if slope is None
-                else torch.ops.aten.leaky_relu_backward(grad, y, slope, True))
+        conv = ctx.conv  # type: ignore[attr-defined]
+        grad = _activation_grad(grad, y, ctx.slope)  # type: ignore[attr-defined]
         gx, gw, gb = torch.ops.aten.convolution_backward(
             grad, x, weight, [weight.size(0)], list(conv.stride), list(conv.padding), list(conv.dilation), False,
             [0, 0], conv.groups, [ctx.needs_input_grad[0], True, True])  # type: ignore[attr-defined]
-        return gx, gw, gb, None, None, None
+        return gx, gw, gb, None, None
+
+
+def _fused_activation(layer: nn.Module, act: nn.Module | None, x: torch.Tensor) -> tuple[str, list[float]] | None:
+    """(attr, scalars) of `act` when `layer` then `act` can run as one oneDNN op on x: a plain Conv2d
+    or a ConvTranspose2dConvGrad (not sub-pixel) followed by a ReLU or LeakyReLU, on the fast path."""
+    if not isinstance(act, (nn.ReLU, nn.LeakyReLU)) or not _fusable(x):
+        return None
+    grad = torch.is_grad_enabled()
+    if type(layer) is nn.Conv2d:
+        ok = isinstance(layer.padding, tuple) and (layer.bias is not None or not grad)
+    else:
+        ok = isinstance(layer, ConvTranspose2dConvGrad) and layer.subpixel_index is None and layer.bias is not None
+    if not ok:
+        return None
+    return ("relu", []) if isinstance(act, nn.ReLU) else ("leaky_relu", [act.negative_slope])
 
 
 def run_conv_stack(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """`layers(x)`. On a channels_last CPU float32 input each plain Conv2d followed by a ReLU or
-    LeakyReLU runs as one oneDNN convolution with the activation as its post-op: the same values
-    (bit for bit here), one pass over the feature map less per layer; with autograd, the pair's
-    backward is the plain layers' (`_ConvActFn`)."""
-    if not _fusable(x):
-        return layers(x)
+    """`layers(x)`. On a channels_last CPU float32 input each Conv2d or ConvTranspose2dConvGrad
+    followed by a ReLU or LeakyReLU runs as one oneDNN op with the activation as its post-op: the
+    same values (bit for bit here), one pass over the feature map less per layer; with autograd, the
+    pair's backward is the plain layers' (`_ConvActFn`, `_ConvTransposeFn`). Other layers run as
+    they are."""
     mods = list(layers)
     i = 0
     while i < len(mods):
-        conv, act = mods[i], mods[i + 1] if i + 1 < len(mods) else None
-        grad = torch.is_grad_enabled()
-        if (type(conv) is nn.Conv2d and isinstance(act, (nn.ReLU, nn.LeakyReLU)) and isinstance(conv.padding, tuple)
-                and (conv.bias is not None or not grad)):
-            attr, scalars = ("relu", []) if isinstance(act, nn.ReLU) else ("leaky_relu", [act.negative_slope])
-            x = _ConvActFn.apply(x, conv.weight, conv.bias, conv, attr, scalars) if grad else _conv_act(x, conv, attr, scalars)
-            i += 2
-        else:
-            x = conv(x)
+        layer, act = mods[i], mods[i + 1] if i + 1 < len(mods) else None
+        fused = _fused_activation(layer, act, x)
+        if fused is None:
+            x = layer(x)
             i += 1
+            continue
+        grad = torch.is_grad_enabled()
+        if type(layer) is nn.Conv2d:
+            x = _ConvActFn.apply(x, layer.weight, layer.bias, layer, fused) if grad else _conv_act(x, layer, *fused)
+        else:
+            x = (_ConvTransposeFn.apply(x, layer.weight, layer.bias, layer, fused) if grad
+                 else _conv_transpose_act(x, layer, *fused))
+        i += 2
     return x
 
 

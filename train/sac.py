@@ -35,8 +35,8 @@ from train.agent_base import SacFamilyAgent
 from train.config import SacConfig
 from train.decoder import PixelDecoder
 from train.encoder import IdentityEncoder, PixelEncoder
-from train.layers import mean_squared_error
-from train.torch_utils import soft_update, weight_init
+from train.layers import channels_last_copy, mean_squared_error
+from train.torch_utils import FusedAdam, soft_update, weight_init
 
 
 def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
@@ -161,10 +161,11 @@ class SacAgent(SacFamilyAgent):
         self.train_mode(True)
 
     def _adam(self, params: Any, lr: float, betas: tuple[float, float], weight_decay: float = 0.0) -> torch.optim.Adam:
-        # foreach_adam: torch's fused Adam, one pass over every tensor of the group per step instead of
-        # several per tensor (the reference's loop); the same update rule.
-        multi = {"fused": True} if self.cfg.foreach_adam else {"foreach": False}
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, **multi)
+        # foreach_adam: torch's fused Adam (FusedAdam: no layout copies), one pass over every tensor of
+        # the group per step instead of several per tensor (the reference's loop); the same update rule.
+        if self.cfg.foreach_adam:
+            return FusedAdam(params, lr, betas, weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=False)
 
     # ------------------------------------------------------------------ bookkeeping
     def modules(self) -> dict[str, nn.Module]:
@@ -183,7 +184,7 @@ class SacAgent(SacFamilyAgent):
     def _obs(self, obs: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(obs, device=self.device)
         if self.channels_last:
-            t = t.contiguous(memory_format=torch.channels_last)
+            t = channels_last_copy(t)
         return t
 
     def prepare(self, obs: torch.Tensor) -> torch.Tensor:

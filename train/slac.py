@@ -42,9 +42,10 @@ from train.agent_base import SacFamilyAgent
 from train.config import SlacConfig
 from train.cuda_graph import GraphedStep
 from train.encoder import IdentityEncoder
+from train.layers import channels_last_copy
 from train.sac import Actor, Critic
 from train.slac_model import FrameEncoder, LatentModel
-from train.torch_utils import soft_update
+from train.torch_utils import FusedAdam, soft_update
 
 
 class SlacActor(Actor):
@@ -151,8 +152,9 @@ class SlacAgent(SacFamilyAgent):
 
     def _adam(self, params: Any, lr: float) -> torch.optim.Adam:
         # Adam with its default betas (SAC, appendix C); fused: one kernel for the whole step, same
-        # update; capturable: its step count stays on the GPU, so a CUDA graph can hold the step.
-        return torch.optim.Adam(params, lr=lr, fused=True, capturable=self.graphs)
+        # update (FusedAdam: no layout copies of the channels_last conv weights); capturable: its step
+        # count stays on the GPU, so a CUDA graph can hold the step.
+        return FusedAdam(params, lr, capturable=self.graphs)
 
     # ------------------------------------------------------------------ exporter-facing modules
     @property
@@ -179,7 +181,7 @@ class SlacAgent(SacFamilyAgent):
     def _prepare(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames -> the encoder's float input (and the image likelihood's target)."""
         if self.channels_last:  # per call: a chunk's layout change stays in cache
-            frames = frames.contiguous(memory_format=torch.channels_last)
+            frames = channels_last_copy(frames)
         return FrameEncoder.prepare(frames)
 
     def _features(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -174,7 +174,8 @@ class FrameDecoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z[:, :, None, None])
+        # Each UpConv2d and its leaky ReLU run as one op on the CPU fast path (run_conv_stack).
+        return run_conv_stack(self.net, z[:, :, None, None])
 
 
 @dataclass
