@@ -166,7 +166,8 @@ def test_conv_stacks_fuse_their_activations_without_changing_values(
         make: Callable[[], nn.Sequential], shape: tuple[int, ...], op: str) -> None:
     """channels_last CPU passes (target encodings, SLAC's batch encoding, acting, the decoders, and
     the passes trained through) run each conv or transposed conv with its activation as one oneDNN
-    op: the plain layers' values and, through autograd, their gradients."""
+    op: the plain layers' values and, through autograd, their gradients. The gradient a caller
+    hands in stays as it was (only the stack's own intermediate gradients are overwritten)."""
     net = make().to(memory_format=torch.channels_last)
     x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.profiler.profile() as prof:
@@ -176,11 +177,14 @@ def test_conv_stacks_fuse_their_activations_without_changing_values(
         plain = net(x)
     torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
     grads = []
+    upstream = torch.linspace(-1, 1, plain.numel()).view_as(plain).contiguous(memory_format=torch.channels_last)
+    kept = upstream.clone()
     for run in (lambda x: run_conv_stack(net, x), net):
         xg = x.clone().requires_grad_()
-        (run(xg) * torch.linspace(-1, 1, plain[0].numel()).view_as(plain[0])).sum().backward()
+        run(xg).backward(upstream)
         grads.append([xg.grad] + [p.grad for p in net.parameters()])
         net.zero_grad(set_to_none=True)
+    assert torch.equal(upstream, kept)
     for fused_grad, plain_grad in zip(*grads):
         assert fused_grad is not None and fused_grad.abs().sum() > 0
         torch.testing.assert_close(fused_grad, plain_grad, rtol=1e-5, atol=1e-6)
