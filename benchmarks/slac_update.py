@@ -12,8 +12,9 @@ optimized:   the agent's defaults, the same math: channels_last convolutions, th
              as the GEMMs they are, transposed-conv gradients as convolutions, each conv's leaky
              ReLU fused into it (with and without grad), the decoder's RGB output layer as a
              sub-pixel conv, no-grad encoding in chunks of 512 frames, each distinct frame of the
-             SAC batch's overlapping windows encoded once (their share depends on the replay's size:
-             `--episodes`), each frame converted once, fused Adam, tuned allocator; on a GPU each
+             SAC batch's overlapping windows gathered from the replay and encoded once (their share
+             depends on the replay's size: `--episodes`), each frame converted once, in-place
+             activation gradients, fused Adam, tuned allocator; on a GPU each
              update replays as one CUDA graph (which encodes every window position).
 Each variant runs in its own process (the allocator setting is process-wide) and the variants run
 in lockstep (benchmarks/lockstep.py: step i of every variant back to back, the order rotating), so a
@@ -110,13 +111,13 @@ def worker(variant: str, threads: int, device_name: str, episodes: int) -> None:
     check_rng = np.random.default_rng(7)
     torch.manual_seed(7)
     m = agent.update_model(replay.sample_windows(cfg.model_batch_size, check_rng, cfg.sequence_length))
-    q = agent.update_sac(replay.sample_windows(cfg.batch_size, check_rng, cfg.sequence_length))
+    q = agent.update_sac(agent.sample_sac_batch(replay, check_rng))
 
     def step(command: list[str]) -> dict[str, float]:
         t0 = now()
         agent.update_model(replay.sample_windows(cfg.model_batch_size, rng, cfg.sequence_length))
         t1 = now()
-        batch = replay.sample_windows(cfg.batch_size, rng, cfg.sequence_length)
+        batch = agent.sample_sac_batch(replay, rng)
         agent.update_sac(batch)
         t2 = now()
         slots = batch["frame_slots"]

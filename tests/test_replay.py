@@ -112,6 +112,7 @@ def test_device_mirror_serves_the_same_batches_and_survives_a_reload(tmp_path: P
         for key in ("obs", "next_obs"):
             assert np.array_equal(a[key], b[key].numpy())
         assert np.array_equal(a["action"], b["action"])
-        wa = host.sample_windows(16, np.random.default_rng(5), 8)
-        wb = replay.sample_windows(16, np.random.default_rng(5), 8)
-        assert np.array_equal(wa["frames"], wb["frames"].numpy()) and np.array_equal(wa["valid"], wb["valid"])
+        for distinct in (False, True):
+            wa = host.sample_windows(16, np.random.default_rng(5), 8, distinct=distinct)
+            wb = replay.sample_windows(16, np.random.default_rng(5), 8, distinct=distinct)
+            assert np.array_equal(wa["frames"], wb["frames"].numpy()) and np.array_equal(wa["valid"], wb["valid"])

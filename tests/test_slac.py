@@ -306,17 +306,21 @@ def test_sac_update_leaves_the_encoder_and_model_unchanged() -> None:
 
 
 def test_sac_update_encodes_each_distinct_frame_once_with_the_same_result() -> None:
-    """Overlapping windows and padding repeat frames: the SAC update encodes each stored frame once
-    (the replay's `frame_slots`) and makes the very update that encoding every window position makes."""
+    """Overlapping windows and padding repeat frames: the SAC batch carries each stored frame once
+    (`distinct`, what the agent samples by default), the update encodes each once and makes the very
+    update that encoding every window position makes."""
     replay = _replay()
-    batch = replay.sample_windows(64, np.random.default_rng(3), 8)  # 576 positions of 63 stored frames
-    slots = batch["frame_slots"]
-    assert slots.shape == (64, 9) and np.array_equal(replay.obs[slots], batch["frames"])
+    full = replay.sample_windows(64, np.random.default_rng(3), 8)  # 576 positions of 63 stored frames
+    once = replay.sample_windows(64, np.random.default_rng(3), 8, distinct=True)
+    slots = full["frame_slots"]
+    assert slots.shape == (64, 9) and np.array_equal(replay.obs[slots], full["frames"])
+    assert np.array_equal(once["frame_slots"], slots) and "frame_of" not in full
+    assert np.array_equal(once["frames"][once["frame_of"]], full["frames"])
     distinct = len(np.unique(slots))
-    assert distinct < slots.size
+    assert len(once["frames"]) == distinct < slots.size
     encoded, metrics, params = [], [], []
-    for distinct_frames in (True, False):  # the speed option; off: every position, as the reference
-        agent = _agent(distinct_frames=distinct_frames)
+    for batch in (once, full):  # full: every position, as the reference
+        agent = _agent()
         seen: list[int] = []
         encode = agent._encode_no_grad
         agent._encode_no_grad = lambda f, encode=encode, seen=seen: (seen.append(len(f)), encode(f))[1]  # type: ignore
@@ -328,6 +332,9 @@ def test_sac_update_encodes_each_distinct_frame_once_with_the_same_result() -> N
     assert encoded == [distinct, slots.size]
     assert metrics[0] == metrics[1]
     assert all(torch.equal(a, b) for a, b in zip(*params))
+    for distinct_frames in (True, False):  # the speed option picks what the agent samples
+        batch = _agent(distinct_frames=distinct_frames).sample_sac_batch(replay, np.random.default_rng(3))
+        assert ("frame_of" in batch) == distinct_frames
 
 
 def test_windows_ending_on_an_episode_start_do_not_train_the_critic() -> None:

@@ -176,12 +176,17 @@ class FrameReplay:
             "next_obs": next_obs,
         }
 
-    def sample_windows(self, batch: int, rng: np.random.Generator, length: int) -> dict[str, Any]:
+    def sample_windows(self, batch: int, rng: np.random.Generator, length: int,
+                       distinct: bool = False) -> dict[str, Any]:
         """SLAC windows ending at a random slot g: frames g-length..g (B, length+1, *obs_shape) and the
         `length` actions/rewards/discounts leading to frames g-length+1..g. Before the episode start the
         first frame is repeated and actions/rewards are zero (PADDING_RULE); `valid` marks real steps;
         `frame_slots` (B, length+1) says which stored frame each one is (windows share frames where
-        they overlap, and padding repeats one: a consumer may encode each frame once)."""
+        they overlap, and padding repeats one).
+
+        `distinct=True` gathers each of those stored frames once, for a consumer that encodes each
+        frame once: "frames" is then (K, *obs_shape), the distinct frames in slot order, and
+        "frame_of" (B, length+1) each window position's row in it. The same windows from the same rng."""
         g = self._draw(rng, batch, length, need_next=False)
         idx = self._history_index(g, length)
         step_idx = idx[:, 1:]
@@ -189,14 +194,19 @@ class FrameReplay:
         offsets = np.arange(length - 1, -1, -1)[None, :]
         valid = (self.step[g % self.capacity][:, None] - offsets) > 0
         mask = valid.astype(np.float32)
-        return {
-            "frames": self._observations(idx),
+        out = {
             "action": self.action[step_idx] * mask[..., None],
             "reward": self.reward[step_idx] * mask,
             "discount": np.where(valid, self.discount[step_idx], 1.0).astype(np.float32),
             "valid": valid,
             "frame_slots": idx,
         }
+        if distinct:
+            slots, frame_of = np.unique(idx, return_inverse=True)
+            out["frames"], out["frame_of"] = self._observations(slots), frame_of.reshape(idx.shape)
+        else:
+            out["frames"] = self._observations(idx)
+        return out
 
     # ------------------------------------------------------------------ checkpointing
     _ARRAYS = ("obs", "action", "reward", "discount", "step")

@@ -15,16 +15,17 @@ updates (appendix C). History padding at an episode's start follows `contract.PA
 the replay's windows and when acting (`HistoryPolicy`).
 
 Same math, less work: each window's 9 frames are encoded once per update (in the SAC update each
-distinct frame once: overlapping windows share frames), and in the SAC update those features (no
-autograd; in chunks, which bounds the activation memory) serve the filtering pass for the critic and
-the actor's history input alike; the model update converts its frames to floats once, for the
-encoder and the image likelihood (whose gradient keeps the decoder's memory layout); convolutions
-run channels_last, each encoder conv and decoder transposed conv with its leaky ReLU as one oneDNN
-op, the layers with a 1x1 side as GEMMs, the decoder's RGB output layer as a sub-pixel conv and its
-gradients as convolutions (train/slac_model.py); Adam is fused (FusedAdam: no layout copies). benchmarks/slac_update.py measures this against the
-reference's way. `bf16=true` adds autocast for the conv encoder/decoder (faster on CPUs with AMX;
-different rounding). On a GPU each update (model, SAC) replays as one CUDA graph (`cuda_graphs`,
-train/cuda_graph.py): the same kernels, launched once instead of one by one.
+distinct frame, gathered from the replay once: overlapping windows share frames), and in the SAC
+update those features (no autograd; in chunks, which bounds the activation memory) serve the
+filtering pass for the critic and the actor's history input alike; the model update converts its
+frames to floats once, for the encoder and the image likelihood (whose gradient keeps the decoder's
+memory layout); convolutions run channels_last, each encoder conv and decoder transposed conv with
+its leaky ReLU as one oneDNN op (the activation gradient written in place), the layers with a 1x1 side as
+GEMMs, the decoder's RGB output layer as a sub-pixel conv and its gradients as convolutions
+(train/slac_model.py); Adam is fused (FusedAdam: no layout copies). benchmarks/slac_update.py
+measures this against the reference's way. `bf16=true` adds autocast for the conv encoder/decoder
+(faster on CPUs with AMX; different rounding). On a GPU each update (model, SAC) replays as one CUDA
+graph (`cuda_graphs`, train/cuda_graph.py): the same kernels, launched once instead of one by one.
 """
 
 from __future__ import annotations
@@ -243,26 +244,30 @@ class SlacAgent(SacFamilyAgent):
         """One model update, then one SAC update, on independent batches. Metrics stay detached tensors."""
         cfg = self.cfg
         metrics = self.update_model(replay.sample_windows(cfg.model_batch_size, rng, cfg.sequence_length))
-        metrics.update(self.update_sac(replay.sample_windows(cfg.batch_size, rng, cfg.sequence_length)))
+        metrics.update(self.update_sac(self.sample_sac_batch(replay, rng)))
         return metrics
+
+    def sample_sac_batch(self, replay: Any, rng: np.random.Generator) -> dict[str, Any]:
+        """The SAC update's windows. Eager steps take each distinct frame once (`distinct_frames`): the
+        windows of a batch overlap (at the end of a 100k-step cheetah run ~6% of the 2,304 frames are
+        repeats; early on over 30%), and padding repeats an episode's first frame. A CUDA graph needs
+        fixed shapes and takes every window position's frame."""
+        distinct = self.cfg.distinct_frames and not self.graphs
+        return replay.sample_windows(self.cfg.batch_size, rng, self.cfg.sequence_length, distinct=distinct)
 
     def update_model(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return self._model_step(*self._window(batch))
 
     def update_sac(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Eager steps encode each distinct frame once: the windows of a batch overlap (at the end of
-        a 100k-step cheetah run ~6% of the 2,304 frames are repeats; early on over 30%), and padding
-        repeats an episode's first frame. The same features, so the same update. A CUDA graph needs
-        fixed shapes and encodes all the frames."""
+        """A `sample_windows` batch: with each distinct frame once ("frame_of"), each is encoded once;
+        the same features, so the same update as from every window position's frame."""
         frames, *rest = self._window(batch)
-        slots = batch.get("frame_slots")
-        if self.cfg.distinct_frames and slots is not None and not self.graphs:
-            _, first, inverse = np.unique(slots.ravel(), return_index=True, return_inverse=True)
-            if len(first) < len(frames):
-                dev = frames.device
-                return self._update_sac(frames[torch.as_tensor(first, device=dev)], *rest,
-                                        torch.as_tensor(inverse, device=dev))
-        return self._sac_step(frames, *rest)
+        if "frame_of" not in batch:
+            return self._sac_step(frames, *rest)
+        frame_of = torch.as_tensor(batch["frame_of"], device=frames.device).flatten()
+        if self.graphs:  # fixed shapes: every position's frame
+            return self._sac_step(frames[frame_of], *rest)
+        return self._update_sac(frames, *rest, frame_of)
 
     def _update_model(self, frames: torch.Tensor, action: torch.Tensor, reward: torch.Tensor,
                       discount: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
