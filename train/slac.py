@@ -20,8 +20,8 @@ update those features (no autograd; in chunks, which bounds the activation memor
 filtering pass for the critic and the actor's history input alike; the model update converts its
 frames to floats once, for the encoder and the image likelihood (whose gradient keeps the decoder's
 memory layout); convolutions run channels_last, each encoder conv and decoder transposed conv with
-its leaky ReLU as one oneDNN op (the activation gradient written in place), the layers with a 1x1 side as
-GEMMs, the decoder's RGB output layer as a sub-pixel conv and its gradients as convolutions
+its leaky ReLU as one oneDNN op (the activation gradient written in place), the layers with a 1x1
+side as GEMMs, the decoder's RGB output layer as a sub-pixel conv and its gradients as convolutions
 (train/slac_model.py); Adam is fused (FusedAdam: no layout copies). benchmarks/slac_update.py
 measures this against the reference's way. `bf16=true` adds autocast for the conv encoder/decoder
 (faster on CPUs with AMX; different rounding). On a GPU each update (model, SAC) replays as one CUDA
