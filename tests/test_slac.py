@@ -23,7 +23,7 @@ from sacae_deploy.contract import PADDING_RULE
 from train import config as C
 from train.decoder import PixelDecoder
 from train.encoder import ConvTrunk
-from train.layers import ConvTranspose2dConvGrad, is_channels_last, run_conv_stack
+from train.layers import ConvTranspose2dConvGrad, channel_sums, is_channels_last, run_conv_stack
 from train.replay import FrameReplay
 from train.slac import HistoryPolicy, SlacAgent
 from train.slac_model import (DenseConv2d, DenseConvTranspose2d, FrameDecoder, FrameEncoder, Gaussian, LatentModel,
@@ -112,7 +112,7 @@ def test_paper_architecture_shapes() -> None:
     (lambda: (UpConv2d(4, 3, 5), nn.ConvTranspose2d(4, 3, 5, 2, 2, 1)), (3, 4, 8, 8)),
     (lambda: (UpConv2d(4, 3, 5, subpixel=True), nn.ConvTranspose2d(4, 3, 5, 2, 2, 1)), (3, 4, 8, 8)),
     (lambda: (ConvTranspose2dConvGrad(4, 9, 3, 2, output_padding=1), nn.ConvTranspose2d(4, 9, 3, 2, output_padding=1)),
-     (4, 4, 5, 5)),  # SAC+AE's last layer; its 9-channel bias gradient summed as wide rows
+     (4, 4, 5, 5)),  # SAC+AE's last layer
 ], ids=["dense_conv", "dense_deconv", "up3", "up5", "up5_subpixel", "sac_ae_last"])
 def test_fast_layers_compute_the_plain_layers(make: Callable[[], tuple[nn.Module, nn.Module]], shape: tuple[int, ...],
                                               channels_last: bool) -> None:
@@ -132,6 +132,17 @@ def test_fast_layers_compute_the_plain_layers(make: Callable[[], tuple[nn.Module
     torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
     for p, q in zip(fast.parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 5, 7), (4, 9, 6, 6), (2, 3, 8, 8), (2, 3, 5, 5), (1, 16, 1, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_sums_are_the_bias_gradient(shape: tuple[int, ...], channels_last: bool) -> None:
+    """Every path of channel_sums (per image, wide rows, torch's own) sums each channel over N, H, W."""
+    torch.manual_seed(0)
+    t = torch.randn(*shape)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(channel_sums(t), t.double().sum((0, 2, 3)).float())
 
 
 @pytest.mark.parametrize("stride, kernel", [(2, 5), (3, 7), (2, 1)])

@@ -50,14 +50,21 @@ class _ConvTransposeFn(torch.autograd.Function):
 
 
 def channel_sums(t: torch.Tensor) -> torch.Tensor:
-    """t.sum((0, 2, 3)) for a (N, C, H, W) map (a bias gradient). A channels_last map with few
-    channels (an image decoder's RGB output) is summed as rows of 64*C/gcd(C, 16) values, a multiple
-    of the SIMD width, then folded: torch's own reduction keeps the C-wide rows, 2-4x slower."""
-    c = t.size(1)
-    width = 4 * math.lcm(c, 16)
-    if not is_channels_last(t) or c % 16 == 0 or t.numel() % width:
+    """t.sum((0, 2, 3)) for a (N, C, H, W) map (a bias gradient). torch's own reduction of a
+    channels_last map walks C-wide rows and runs at a third of memory speed here; summing each image's
+    H*W rows first, then the N per-image sums, runs near it (SAC+AE's 128x32x41x41 map: 2.5 -> 0.75
+    ms; SLAC's 288x32x32x32: 3.9 -> 1.3 ms). A map with few channels (an RGB output) is summed as
+    rows of 64*C/gcd(C, 16) values, a multiple of the SIMD width, then folded."""
+    n, c, h, w = t.shape
+    if not is_channels_last(t):
         return t.sum((0, 2, 3))
-    return t.permute(0, 2, 3, 1).reshape(-1, width).sum(0).view(-1, c).sum(0)
+    rows = t.permute(0, 2, 3, 1)
+    if c >= 8:
+        return rows.reshape(n, h * w, c).sum(1).sum(0)
+    width = 4 * math.lcm(c, 16)
+    if t.numel() % width:
+        return t.sum((0, 2, 3))
+    return rows.reshape(-1, width).sum(0).view(-1, c).sum(0)
 
 
 class ConvTranspose2dConvGrad(nn.ConvTranspose2d):
