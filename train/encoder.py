@@ -22,12 +22,12 @@ class ConvTrunk(nn.Module):
     that in two so an update converts each batch once and reuses it for every pass over it.
     """
 
-    def __init__(self, in_channels: int, num_layers: int = 4, num_filters: int = 32) -> None:
+    def __init__(self, in_channels: int, num_layers: int = 4, num_filters: int = 32, inplace: bool = True) -> None:
         super().__init__()
-        # In-place ReLUs: a conv's backward needs its input, never its output.
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, num_filters, 3, stride=2), nn.ReLU(inplace=True)]
+        # In-place ReLUs (`inplace`): a conv's backward needs its input, never its output.
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, num_filters, 3, stride=2), nn.ReLU(inplace)]
         for _ in range(num_layers - 1):
-            layers += [nn.Conv2d(num_filters, num_filters, 3, stride=1), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(num_filters, num_filters, 3, stride=1), nn.ReLU(inplace)]
         self.net = nn.Sequential(*layers)
 
     prepare = staticmethod(unit_pixels)  # frames -> the network's float input in [0, 1] (B.6)

@@ -34,7 +34,7 @@ from torch import nn
 from train.agent_base import SacFamilyAgent
 from train.config import SacConfig
 from train.decoder import PixelDecoder
-from train.encoder import IdentityEncoder, PixelEncoder
+from train.encoder import ConvTrunk, IdentityEncoder, PixelEncoder
 from train.layers import channels_last_copy, mean_squared_error
 from train.torch_utils import FusedAdam, soft_update, weight_init
 
@@ -123,9 +123,10 @@ class SacAgent(SacFamilyAgent):
         self.pixels = cfg.algo != "sac-state"
         self.channels_last = self.pixels and cfg.channels_last
         if self.pixels:
-            critic_enc: nn.Module = PixelEncoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters)
+            trunk = ConvTrunk(obs_shape[0], cfg.num_conv_layers, cfg.num_filters, inplace=cfg.inplace_relu)
+            critic_enc: nn.Module = PixelEncoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters, trunk=trunk)
             actor_enc: nn.Module = PixelEncoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters,
-                                                trunk=critic_enc.trunk)  # tied conv weights (B.2)
+                                                trunk=trunk)  # tied conv weights (B.2)
         else:
             critic_enc = IdentityEncoder(obs_shape)
             actor_enc = IdentityEncoder(obs_shape)
@@ -138,7 +139,7 @@ class SacAgent(SacFamilyAgent):
         self.decoder: PixelDecoder | None = None
         if cfg.algo == "sac-ae":
             self.decoder = PixelDecoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters,
-                                        conv_grad=cfg.deconv_conv_grad)
+                                        conv_grad=cfg.deconv_conv_grad, inplace=cfg.inplace_relu)
             self.decoder.apply(weight_init)
         for m in self.modules().values():
             m.to(device)
