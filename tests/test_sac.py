@@ -224,8 +224,9 @@ def test_paper_preset_is_the_paper() -> None:
 
 def test_speed_options_change_no_math() -> None:
     """channels_last, the shared trunk pass, foreach Adam, the conv-grad deconvolutions, the fused
-    reconstruction loss and in-place ReLUs are the reference's computation reordered: the same losses and gradients up to fp32 rounding. Learning
-    rates are 0 so that Adam's normalised first steps cannot amplify rounding between the runs."""
+    reconstruction loss and in-place ReLUs are the reference's computation reordered: the same losses
+    and gradients up to fp32 rounding. Learning rates are 0 so that Adam's normalised first steps
+    cannot amplify rounding between the runs."""
     reference = dict(channels_last=False, reuse_trunk=False, foreach_adam=False, deconv_conv_grad=False,
                      fused_reconstruction=False, inplace_relu=False)
     frozen = dict(critic_lr=0.0, actor_lr=0.0, encoder_lr=0.0, decoder_lr=0.0, alpha_lr=0.0)

@@ -124,9 +124,11 @@ class SacAgent(SacFamilyAgent):
         self.channels_last = self.pixels and cfg.channels_last
         if self.pixels:
             trunk = ConvTrunk(obs_shape[0], cfg.num_conv_layers, cfg.num_filters, inplace=cfg.inplace_relu)
-            critic_enc: nn.Module = PixelEncoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters, trunk=trunk)
+            # One trunk object for both encoders: tied conv weights (B.2).
+            critic_enc: nn.Module = PixelEncoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters,
+                                                 trunk=trunk)
             actor_enc: nn.Module = PixelEncoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters,
-                                                trunk=trunk)  # tied conv weights (B.2)
+                                                trunk=trunk)
         else:
             critic_enc = IdentityEncoder(obs_shape)
             actor_enc = IdentityEncoder(obs_shape)
