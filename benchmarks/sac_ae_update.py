@@ -3,16 +3,15 @@
 Three modes, each in its own process (the allocator setting is process-wide and cannot be undone):
 - reference: the reference implementation's way (denisyarats/pytorch_sac_ae): NCHW, per-tensor
   Adam, every conv pass recomputed (the actor and critic heads and the decoder each re-encode obs),
-  each ReLU writing a new map (its torch.relu), the reconstruction loss pass by pass (F.mse_loss on
-  the 5-bit target), glibc left to return activation buffers to the OS after each update. Two of
-  the reference's costs are left out, so the speedups err low: its noise is drawn as the optimized
-  mode draws it (the same numbers, so the modes' losses can be compared; the reference's
-  torch.rand_like takes ~67 ms per batch here), and pixels are scaled by 1/255 once per batch, not
-  once per encoder pass;
-- optimized: this project's defaults, same math (channels_last, fused Adam, one shared trunk pass,
-  each conv and its ReLU one oneDNN op, transposed-conv backward as convolutions, the flattening
-  linear layers keeping their weights in the maps' channels_last order, the reconstruction loss
-  fused per sample in parallel threads, tuned allocator);
+  each ReLU writing a new map (its torch.relu), pixels made float at sampling and divided by 255 in
+  every encoder pass, the reconstruction loss pass by pass (F.mse_loss on the 5-bit target, its
+  noise from torch.rand), glibc left to return activation buffers to the OS after each update. The
+  reference's 5-bit target makes three more float passes over the batch than ours (its floor and
+  divisions): left out, so the speedups err low;
+- optimized: this project's defaults, same math (channels_last, pixels scaled once per batch, fused
+  Adam, one shared trunk pass, each conv and its ReLU one oneDNN op, transposed-conv backward as
+  convolutions, the flattening linear layers keeping their weights in the maps' channels_last
+  order, the reconstruction loss fused per sample in parallel threads, tuned allocator);
 - bf16: optimized plus bf16 autocast (`--set bf16=true`).
 The three processes stay alive and run in lockstep: update i of every mode runs back to back (the
 order rotating), so a busy host (this VM's CPU steal swings the speed by 2x within minutes) slows
@@ -46,7 +45,7 @@ from machine import StealMeter, describe  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 MODES = {
     "reference": dict(channels_last=False, reuse_trunk=False, foreach_adam=False, deconv_conv_grad=False,
-                      fused_reconstruction=False, inplace_relu=False),
+                      fused_reconstruction=False, inplace_relu=False, prepare_once=False),
     "optimized": {},
     "bf16": dict(bf16=True),
 }

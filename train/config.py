@@ -86,13 +86,16 @@ class SacConfig(CommonConfig):
     alpha_lr: float = 1e-4
     alpha_beta: float = 0.5
     updates_per_step: int = 1
-    # Speed options. The first six change no math (benchmarks/sac_ae_update.py turns them off to
+    # Speed options. The first seven change no math (benchmarks/sac_ae_update.py turns them off to
     # time the reference implementation's way): channels_last conv layout; one conv-trunk pass on
     # `obs` shared by the actor and decoder updates (same weights, same input, same output);
     # multi-tensor Adam (`foreach_adam`: torch's fused kernel, one pass per step; 3x faster than the
     # per-tensor loop here); the decoder's transposed-conv backward run as convolutions (train.layers);
-    # the CPU reconstruction loss in one fused pass (train.sac; off: pass by pass, the same noise);
-    # the trunk's and decoder's ReLUs in place (off: a new map per ReLU, as the reference's torch.relu).
+    # the CPU reconstruction loss in one fused pass (train.sac: its noise from its own seeded uniform
+    # stream; off: pass by pass from torch.rand noise, as the reference); the trunk's and decoder's
+    # ReLUs in place (off: a new map per ReLU, as the reference's torch.relu); pixels scaled to [0, 1]
+    # once per batch (`prepare_once`; off: the batch converted to float at sampling and divided by
+    # 255 in every encoder pass, as the reference).
     # bf16 autocast is optional and does change rounding.
     channels_last: bool = True
     reuse_trunk: bool = True
@@ -100,6 +103,7 @@ class SacConfig(CommonConfig):
     deconv_conv_grad: bool = True
     fused_reconstruction: bool = True
     inplace_relu: bool = True
+    prepare_once: bool = True
     bf16: bool = False
 
 

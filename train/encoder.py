@@ -19,25 +19,33 @@ class ConvTrunk(nn.Module):
 
     Takes uint8 (or 0..255 float) stacked frames (B, C, H, W) and scales them by 1/255 (B.6).
     This module is the one the actor and critic share (tied weights). `prepare` and `run` split
-    that in two so an update converts each batch once and reuses it for every pass over it.
+    that in two so an update converts each batch once and reuses it for every pass over it;
+    `scale_each_pass` keeps the reference implementation's way instead (the batch made float once,
+    divided by 255 in every pass: the same values, one more pass over the batch each time).
     """
 
-    def __init__(self, in_channels: int, num_layers: int = 4, num_filters: int = 32, inplace: bool = True) -> None:
+    def __init__(self, in_channels: int, num_layers: int = 4, num_filters: int = 32, inplace: bool = True,
+                 scale_each_pass: bool = False) -> None:
         super().__init__()
         # In-place ReLUs (`inplace`): a conv's backward needs its input, never its output.
         layers: list[nn.Module] = [nn.Conv2d(in_channels, num_filters, 3, stride=2), nn.ReLU(inplace)]
         for _ in range(num_layers - 1):
             layers += [nn.Conv2d(num_filters, num_filters, 3, stride=1), nn.ReLU(inplace)]
         self.net = nn.Sequential(*layers)
+        self.scale_each_pass = scale_each_pass
 
-    prepare = staticmethod(unit_pixels)  # frames -> the network's float input in [0, 1] (B.6)
+    def prepare(self, obs: torch.Tensor) -> torch.Tensor:
+        """frames -> what `run` takes: floats in [0, 1] (B.6), or in 0..255 with `scale_each_pass`."""
+        return obs.float() if self.scale_each_pass else unit_pixels(obs)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """The conv layers on a `prepare`d input."""
+        if self.scale_each_pass:
+            x = x / 255.0  # unit_pixels' values
         return run_conv_stack(self.net, x)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(self.prepare(obs))
+        return self.run(self.prepare(obs))
 
 
 class Encoder(nn.Module):

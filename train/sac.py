@@ -123,7 +123,8 @@ class SacAgent(SacFamilyAgent):
         self.pixels = cfg.algo != "sac-state"
         self.channels_last = self.pixels and cfg.channels_last
         if self.pixels:
-            trunk = ConvTrunk(obs_shape[0], cfg.num_conv_layers, cfg.num_filters, inplace=cfg.inplace_relu)
+            trunk = ConvTrunk(obs_shape[0], cfg.num_conv_layers, cfg.num_filters, inplace=cfg.inplace_relu,
+                              scale_each_pass=not cfg.prepare_once)
             # One trunk object for both encoders: tied conv weights (B.2).
             critic_enc: nn.Module = PixelEncoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters,
                                                  trunk=trunk)
@@ -191,9 +192,10 @@ class SacAgent(SacFamilyAgent):
         return t
 
     def prepare(self, obs: torch.Tensor) -> torch.Tensor:
-        """Observations as the networks take them (pixels as floats in [0, 1]): what the `update_*`
-        methods expect, so that a batch is converted once for all its passes. Under bf16 autocast
-        pixels go to bf16 here once, the cast the first conv would otherwise make on every pass."""
+        """Observations as the networks take them (pixels as floats, `ConvTrunk.prepare`): what the
+        `update_*` methods expect, so that a batch is converted once for all its passes. Under bf16
+        autocast pixels go to bf16 here once, the cast the first conv would otherwise make on every
+        pass."""
         x = self.critic.encoder.prepare(obs)
         return x.to(torch.bfloat16) if self.cfg.bf16 and self.pixels else x
 
@@ -315,15 +317,15 @@ class SacAgent(SacFamilyAgent):
 def reconstruction_loss(rec: torch.Tensor, obs: torch.Tensor, bits: int, rng: np.random.Generator,
                         fused: bool = True) -> torch.Tensor:
     """The RAE reconstruction term (B.5, B.6): F.mse_loss(rec, reconstruction_target(obs, bits, u))
-    with u ~ U[0, 1) dequantisation noise, seeded by one draw of the update's seeded `rng`. On a GPU
-    as written (torch.rand, its own seeded stream). On the CPU fused (`_CpuReconstructionLoss`), or,
-    with `fused` off, pass by pass as the reference implementation computes it, from the same noise."""
-    if rec.device.type != "cpu":
-        return mean_squared_error(rec, reconstruction_target(obs, bits, torch.rand(obs.shape, device=obs.device)))
-    seed = int(rng.integers(2**63))
-    if fused:
-        return _CpuReconstructionLoss.apply(rec, obs, bits, seed)
-    return F.mse_loss(rec, reconstruction_target(obs, bits, _uniform_noise(obs.shape, seed)))
+    with u ~ U[0, 1) dequantisation noise. On the CPU fused (`_CpuReconstructionLoss`, its noise
+    seeded by one draw of the update's seeded `rng`); on a GPU, or with `fused` off, pass by pass
+    as the reference implementation computes it, u from torch.rand (torch's seeded stream)."""
+    cpu = rec.device.type == "cpu"
+    if fused and cpu:
+        return _CpuReconstructionLoss.apply(rec, obs, bits, int(rng.integers(2**63)))
+    target = reconstruction_target(obs, bits, torch.rand(obs.shape, device=obs.device))
+    # The reference's F.mse_loss on the CPU; on a GPU the MSE whose gradient keeps the maps' layout.
+    return (F.mse_loss if cpu else mean_squared_error)(rec, target)
 
 
 # Fixed, so that the noise never depends on the machine's core count.
@@ -345,24 +347,11 @@ def _in_noise_chunks(batch: int, seed: int, work: Callable[[np.random.Generator,
     list(_noise_pool().map(work, gens, runs))
 
 
-def _uniform_noise(shape: torch.Size, seed: int) -> torch.Tensor:
-    """The fused loss's U[0, 1) noise for a (N, C, H, W) batch, as a tensor (a channels_last view)."""
-    n, c, h, w = shape
-    out = np.empty((n, h, w, c), np.float32)
-
-    def fill(gen: np.random.Generator, samples: np.ndarray) -> None:
-        for k in samples:
-            gen.random(out=out[k], dtype=np.float32)
-
-    _in_noise_chunks(n, seed, fill)
-    return torch.from_numpy(out).permute(0, 3, 1, 2)
-
-
 class _CpuReconstructionLoss(torch.autograd.Function):
     """`reconstruction_loss` on the CPU in one pass over the batch instead of seven (noise, target,
     difference, squared sums, gradient: each 32 MB for a paper batch, and this VM's memory is slow):
-    one sample at a time, while its 250 KB sit in the L2 cache, in parallel runs of samples drawing
-    `_uniform_noise`'s values (`_in_noise_chunks`). The target is reconstruction_target's, rounded
+    one sample at a time, while its 250 KB sit in the L2 cache, in parallel runs of samples, each
+    drawing its samples' noise (`_in_noise_chunks`). The target is reconstruction_target's, rounded
     as written (scaling by 2^-bits is exact, so fl(u + q) / 2^bits = fl(u / 2^bits + q / 2^bits)).
     The gradient for an upstream gradient of 1 (the RAE loss adds this term unscaled) is kept from
     the forward pass."""
