@@ -77,3 +77,6 @@ PADDING_RULE = "repeat_first_frame_zero_actions"
 # State policies keep no history: frame_stack is 1, image_size is JSON null, layout and padding are "none".
 NO_IMAGE = "none"
 OPSET = 18
+# Seeds the CLI and configs take: dm_control's tasks take numpy legacy seeds (< 2**32), and episode
+# and eval seeds count up from the one given.
+MAX_SEED = 2**31 - 1

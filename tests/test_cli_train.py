@@ -88,6 +88,13 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, distractors: st
     (["--set", "batch_size=abc"], "expected int"),
     (["--algo", "dqn"], "'dqn' is not one of 'sac-ae'"),  # rejected by the CLI parser itself
     (["--device", "tpu"], "--device"),
+    (["--seed", "-1"], "Invalid value for '--seed'"),
+    (["--set", "discount=2"], "discount must be in [0, 1], got 2.0"),
+    (["--set", "critic_lr=nan"], "critic_lr must be finite"),
+    (["--set", "image_size=8"], "image_size 8 is too small for 4 conv layers"),
+    (["--set", "env=cheetah-run"], "--set env=cheetah-run contradicts --env cartpole-swingup"),
+    (["--set", "preset=paper"], "unknown config key 'preset'"),
+    (["--set", "camera_id=99"], "camera_id 99: cartpole-swingup has cameras 0-1"),  # known once the env is built
 ])
 def test_bad_values_exit_2_in_one_line(run_dir: Path, args: list[str], message: str) -> None:
     base = {"--algo": "sac-ae", "--env": "cartpole-swingup"}
@@ -103,6 +110,24 @@ def test_usage_errors_are_one_line() -> None:
         proc = sacae(*args)
         assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}"), proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_set_reaches_fields_that_also_have_flags(run_dir: Path) -> None:
+    from sacae_deploy.commands.train import resolve_run
+
+    cfg = resolve_run("sac-ae", "cartpole-swingup", run_dir, None, None, "smoke",
+                      ["seed=3", "env_steps=600", "device=cpu", "env=cartpole-swingup"], None, False)
+    assert (cfg.seed, cfg.env_steps, cfg.device, cfg.env) == (3, 600, "cpu", "cartpole-swingup")
+    assert resolve_run("sac-ae", "cartpole-swingup", run_dir, None, 4, "smoke", ["seed=4"], None, False).seed == 4
+    assert resolve_run("sac-ae", "cartpole-swingup", run_dir, None, None, "smoke", [], None, False).device == "auto"
+
+
+def test_resume_from_an_unreadable_config_exits_2(run_dir: Path) -> None:
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{not json")
+    proc = sacae("train", *SMOKE, "--out", str(run_dir), "--resume")
+    assert proc.returncode == 2 and "is not a readable run config" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_non_empty_out_without_resume_exits_2(run_dir: Path) -> None:

@@ -7,12 +7,12 @@ configuration is what a user gets without flags. `smoke` shrinks everything for 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar
 
 from distractors import DISTRACTORS
-from sacae_deploy.contract import PADDING_RULE
+from sacae_deploy.contract import MAX_SEED, PADDING_RULE
 from sacae_deploy.errors import SacaeError
 
 # SAC+AE appendix B.3, table 3 (following PlaNet/SLAC). Used when `action_repeat` is left at 0.
@@ -160,11 +160,12 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     return out
 
 
-def resolve(algo: str, preset: str = "paper", base: dict[str, Any] | None = None, **overrides: Any) -> CommonConfig:
+def resolve(algo: str, preset: str = "paper", base: dict[str, Any] | None = None, /, **overrides: Any) -> CommonConfig:
     """Build the fully resolved config: class defaults, then preset (or `base`, a saved config.json
     being resumed), then explicit overrides.
 
-    Overrides given as strings (from `--set`) are coerced to the field's type; unknown keys raise.
+    Overrides given as strings (from `--set`) are coerced to the field's type; unknown keys raise
+    (positional-only parameters: an override named `preset` is an unknown key, not a clash).
     """
     if algo not in ALGOS:
         raise ConfigError(f"unknown algo {algo!r}; choose from {', '.join(ALGOS)}")
@@ -173,12 +174,14 @@ def resolve(algo: str, preset: str = "paper", base: dict[str, Any] | None = None
     if preset not in presets:
         raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
     types = {f.name: type(f.default) for f in fields(cls)}
-    values: dict[str, Any] = dict(presets[preset] if base is None else base)
+    # A resumed run's config.json may name fields this version no longer has.
+    values = {k: v for k, v in (presets[preset] if base is None else base).items() if k in types}
     for key, value in overrides.items():
         if key not in types:
             raise ConfigError(f"unknown config key {key!r} for {algo}")
         values[key] = _coerce(key, types[key], value) if isinstance(value, str) and types[key] is not str else value
     values["algo"] = algo
+    _check_types(cls, values)
     cfg = cls(**values)
     if cfg.action_repeat == 0:
         cfg.action_repeat = default_action_repeat(cfg)
@@ -192,23 +195,73 @@ def default_action_repeat(cfg: CommonConfig) -> int:
     return table.get(domain, DEFAULT_ACTION_REPEAT)
 
 
+# Bounds on config values, by field name (a config checks the fields it has). The networks,
+# optimizers and environments reject or silently misbehave on anything else, deep inside a run;
+# checked here, `--set` values and a resumed or exported run's config.json fail in one line.
+AT_LEAST_ONE = ("episode_length", "image_size", "frame_stack", "replay_capacity", "eval_every", "eval_episodes",
+                "checkpoint_every", "action_repeat", "batch_size", "hidden_dim", "feature_dim", "num_conv_layers",
+                "num_filters", "critic_target_update_freq", "actor_update_freq", "decoder_update_freq",
+                "model_batch_size", "sequence_length", "base_depth", "z1_dim", "z2_dim", "model_hidden",
+                "seed_episodes")
+NON_NEGATIVE = ("env_steps", "seed_steps", "threads", "updates_per_step", "pretrain_updates", "encode_chunk",
+                "critic_lr", "actor_lr", "encoder_lr", "decoder_lr", "alpha_lr", "model_lr", "decoder_latent_lambda",
+                "decoder_weight_lambda", "std_grad_clip", "random_action_scale")
+POSITIVE = ("init_temperature", "decoder_variance", "actor_std_scale")
+UNIT_INTERVAL = ("discount", "critic_tau", "encoder_tau", "tau")  # [0, 1]
+ADAM_BETAS = ("critic_beta", "actor_beta", "alpha_beta")  # [0, 1), as torch.optim.Adam requires
+MIN_CAMERA_ID = -1  # dm_control's free camera; the model's own cameras are checked when the env is built
+
+
+def _check_types(cls: type[CommonConfig], values: dict[str, Any]) -> None:
+    """Each value has its field's type, before the config is built (a hand-edited config.json can
+    hold anything); floats are finite."""
+    kinds = {f.name: type(f.default) for f in fields(cls)}
+    for name, value in values.items():
+        kind = kinds[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number if kind is float else isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f"{name} must be finite, got {value}")
+
+
 def validate(cfg: CommonConfig) -> None:
-    positive = ["episode_length", "image_size", "frame_stack", "replay_capacity", "eval_every",
-                "eval_episodes", "checkpoint_every", "action_repeat"]
-    for name in positive:
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(f"{name} must be positive, got {getattr(cfg, name)}")
-    for name in ("env_steps", "seed_steps", "threads"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{name} must be non-negative, got {getattr(cfg, name)}")
+    """Raise ConfigError for a value no run can use."""
+    names = {f.name for f in fields(cfg)}
+
+    def check(group: tuple[str, ...], ok: Callable[[Any], bool], rule: str) -> None:
+        for name in names.intersection(group):
+            if not ok(getattr(cfg, name)):
+                raise ConfigError(f"{name} must be {rule}, got {getattr(cfg, name)}")
+
+    check(AT_LEAST_ONE, lambda v: v >= 1, "positive")
+    check(NON_NEGATIVE, lambda v: v >= 0, "non-negative")
+    check(POSITIVE, lambda v: v > 0, "positive")
+    check(UNIT_INTERVAL, lambda v: 0 <= v <= 1, "in [0, 1]")
+    check(ADAM_BETAS, lambda v: 0 <= v < 1, "in [0, 1)")
+    check(("seed",), lambda v: 0 <= v <= MAX_SEED, f"in [0, {MAX_SEED}]")
+    check(("camera_id",), lambda v: v >= MIN_CAMERA_ID, f"a camera index (>= 0) or {MIN_CAMERA_ID} (free camera)")
+    check(("reconstruction_bits",), lambda v: 1 <= v <= 8, "in [1, 8] (bits of a uint8 pixel)")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
     if cfg.distractors not in DISTRACTORS:
         raise ConfigError(f"distractors must be one of {', '.join(DISTRACTORS)}, got {cfg.distractors!r}")
     if cfg.episode_length % cfg.action_repeat:
         raise ConfigError(f"episode_length {cfg.episode_length} is not a multiple of action_repeat {cfg.action_repeat}")
-    if isinstance(cfg, SacConfig) and cfg.batch_size <= 0:
-        raise ConfigError(f"batch_size must be positive, got {cfg.batch_size}")
+    low, high = getattr(cfg, "actor_log_std_min", 0.0), getattr(cfg, "actor_log_std_max", 1.0)
+    if low >= high:
+        raise ConfigError(f"actor_log_std_min ({low}) must be below actor_log_std_max ({high})")
+    if isinstance(cfg, SacConfig) and cfg.algo != "sac-state" \
+            and conv_output_size(cfg.image_size, cfg.num_conv_layers) < 1:
+        raise ConfigError(f"image_size {cfg.image_size} is too small for {cfg.num_conv_layers} conv layers "
+                          f"(3x3, the first with stride 2): at least {4 * cfg.num_conv_layers - 1}")
+
+
+def conv_output_size(image_size: int, num_layers: int) -> int:
+    """Spatial size after SAC+AE's conv trunk (B.2): 3x3 convs, stride 2 first then stride 1, no padding."""
+    size = (image_size - 3) // 2 + 1
+    return size - 2 * (num_layers - 1)
 
 
 def to_dict(cfg: CommonConfig) -> dict[str, Any]:
@@ -216,15 +269,16 @@ def to_dict(cfg: CommonConfig) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> CommonConfig:
-    """Rebuild a config saved in a run's config.json (used by --resume and the exporter)."""
+    """Rebuild a config saved in a run's config.json (the exporter's input), as it was resolved."""
+    if not isinstance(data, dict) or data.get("algo") not in ALGOS:
+        raise ConfigError(f"not a run config: algo must be one of {', '.join(ALGOS)}")
     cls, _ = ALGOS[data["algo"]]
     known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def load(path: str) -> CommonConfig:
-    with open(path) as fh:
-        return from_dict(json.load(fh))
+    values = {k: v for k, v in data.items() if k in known}
+    _check_types(cls, values)
+    cfg = cls(**values)
+    validate(cfg)
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------- SLAC
@@ -313,14 +367,6 @@ class SlacConfig(CommonConfig):
         if not 1 <= self.history_length <= self.sequence_length:
             raise ConfigError(f"history_length must be in [1, sequence_length={self.sequence_length}], "
                               f"got {self.history_length}")
-        for name in ("batch_size", "model_batch_size", "base_depth", "z1_dim", "z2_dim", "model_hidden",
-                     "hidden_dim", "seed_episodes"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.pretrain_updates < 0 or self.encode_chunk < 0:
-            raise ConfigError("pretrain_updates and encode_chunk must be non-negative")
-        if self.decoder_variance <= 0:
-            raise ConfigError(f"decoder_variance must be positive, got {self.decoder_variance}")
 
 
 PRESETS["slac"] = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from train.encoder import conv_output_size
+from train.config import conv_output_size
 from train.layers import ConvTranspose2dConvGrad, LinearToMap, run_conv_stack
 
 

@@ -5,13 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from train.config import conv_output_size
 from train.layers import MapLinear, run_conv_stack, unit_pixels
-
-
-def conv_output_size(image_size: int, num_layers: int) -> int:
-    """Spatial size after the trunk: 3x3 convs, stride 2 first then stride 1, no padding."""
-    size = (image_size - 3) // 2 + 1
-    return size - 2 * (num_layers - 1)
 
 
 class ConvTrunk(nn.Module):

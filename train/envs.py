@@ -76,6 +76,10 @@ class DMCEnv:
         self._env = suite.load(domain, task, task_kwargs={"random": seed, "time_limit": float("inf")})
         self.name = name
         self.episode_length = episode_length
+        cameras = int(self._env.physics.model.ncam)
+        if not -1 <= camera_id < cameras:
+            self._env.close()
+            raise EnvError(f"camera_id {camera_id}: {name} has cameras 0-{cameras - 1} (or -1, the free camera)")
         self.camera_id = camera_id
         spec = self._env.action_spec()
         self.action_dim = int(spec.shape[0])

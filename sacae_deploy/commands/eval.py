@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from sacae_deploy.commands.train import Device
+from sacae_deploy.contract import MAX_SEED
 
 distractors_app = typer.Typer(help="Moving-ball distractor backgrounds (SAC+AE section 5.2).", no_args_is_help=True)
 
@@ -32,7 +33,7 @@ def register(app: typer.Typer) -> None:
         episodes: Annotated[int, typer.Option(min=1, help="Episodes per policy and background (the paper uses 10).")] = 10,
         distractors: Annotated[str, typer.Option(help="Comma-separated backgrounds to compare; the first is the baseline.")] = "none,balls",
         out: Annotated[Path, typer.Option(help="Directory for results.md, results.json, returns.png and videos/.")] = Path("runs/eval"),
-        seed: Annotated[int, typer.Option(help="Episode e of every condition starts from seed + e.")] = 0,
+        seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Episode e of every condition starts from seed + e.")] = 0,
         device: Annotated[Device, typer.Option(help="Where ONNX Runtime runs the policies.")] = Device.auto,
         video: Annotated[bool, typer.Option(help="Write a GIF per policy of what it saw (backgrounds side by side).")] = True,
     ) -> None:
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
         steps: Annotated[int, typer.Option(min=1, help="Agent steps (random actions) to show.")] = 100,
         size: Annotated[int, typer.Option(min=16, help="Rendered frame size (the policies' 84 by default).")] = 84,
         action_repeat: Annotated[Optional[int], typer.Option(min=1, help="Control steps per frame (default: the paper's for the domain).")] = None,
-        seed: Annotated[int, typer.Option(help="Seeds the task and the balls.")] = 0,
+        seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seeds the task and the balls.")] = 0,
     ) -> None:
         """See the moving-ball background on a task before training on it."""
         import numpy as np

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from sacae_deploy.commands.train import Device, Distractors
+from sacae_deploy.contract import MAX_SEED
 from sacae_deploy.files import atomic_write_text
 
 
@@ -80,7 +81,7 @@ def register(app: typer.Typer) -> None:
         device: Annotated[Device, typer.Option(help="Where ONNX Runtime runs the policy.")] = Device.auto,
         threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime intra-op threads (default: the Policy's).")] = None,
         max_frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after N frames.")] = None,
-        seed: Annotated[Optional[int], typer.Option(help="dmc: seed of the task (episode e starts from seed + e; default 0).")] = None,
+        seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_SEED, help="dmc: seed of the task (episode e starts from seed + e; default 0).")] = None,
         summary_json: Annotated[Optional[Path], typer.Option(help="Also write the summary as JSON to PATH.")] = None,
         distractors: Annotated[Distractors, typer.Option(help="dmc: replace the background with moving balls (robustness check).")] = Distractors.none,
     ) -> None:

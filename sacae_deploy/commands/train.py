@@ -9,6 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from sacae_deploy.contract import MAX_SEED
+
 
 class Algo(str, Enum):
     sac_ae = "sac-ae"
@@ -33,29 +35,43 @@ class Distractors(str, Enum):
     balls = "balls"
 
 
+# Config keys `sacae train` also takes as flags (a `--set` of one must agree with its flag).
+FLAG_KEYS = {"algo": "--algo", "env": "--env", "env_steps": "--env-steps", "seed": "--seed", "device": "--device",
+             "distractors": "--distractors"}
+
+
 def resolve_run(algo: str, env: str, out: Path, env_steps: int | None, seed: int | None, preset: str,
-                sets: list[str], device: str, resume: bool, distractors: str | None = None) -> Any:
+                sets: list[str], device: str | None, resume: bool, distractors: str | None = None) -> Any:
     """Validate everything a user typed and return the fully resolved config (nothing heavy is built)."""
     from train import config as C
     from train.envs import check_env_name
 
     overrides: dict[str, Any] = dict(C.parse_sets(sets))
-    for key, value in (("env_steps", env_steps), ("seed", seed), ("distractors", distractors)):
-        if value is not None:
-            overrides[key] = value
-    overrides["device"] = device
+    flags = {"algo": algo, "env": env, "env_steps": env_steps, "seed": seed, "device": device, "distractors": distractors}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key in overrides and overrides[key] != str(value):
+            raise C.ConfigError(f"--set {key}={overrides[key]} contradicts {FLAG_KEYS[key]} {value}")
+        overrides[key] = value
+    overrides.setdefault("device", "auto")  # a resumed run picks its device afresh too
+    del overrides["algo"]
     saved = out / "config.json"
     if resume and saved.exists():
-        base = json.loads(saved.read_text())
-        if base["algo"] != algo or base["env"] != env:
-            raise C.ConfigError(f"{out} holds a {base['algo']} run on {base['env']}; cannot resume it as {algo} on {env}")
-        return C.resolve(algo, preset, base=base, **overrides)
+        try:
+            base = json.loads(saved.read_text())
+            saved_algo, saved_env = base["algo"], base["env"]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise C.ConfigError(f"{saved} is not a readable run config ({type(exc).__name__}: {exc})") from None
+        if saved_algo != algo or saved_env != env:
+            raise C.ConfigError(f"{out} holds a {saved_algo} run on {saved_env}; cannot resume it as {algo} on {env}")
+        return C.resolve(algo, preset, base, **overrides)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if resume:
             raise C.ConfigError(f"{out} is not empty but has no config.json to resume from")
         raise C.ConfigError(f"{out} is not empty; pass --resume to continue that run or choose a new --out")
     check_env_name(env)
-    return C.resolve(algo, preset, env=env, **overrides)
+    return C.resolve(algo, preset, None, **overrides)
 
 
 def run_training(cfg: Any, out: Path, resume: bool) -> dict[str, Any]:
@@ -98,18 +114,18 @@ def register(app: typer.Typer) -> None:
         env: Annotated[str, typer.Option(help="DeepMind Control task as DOMAIN-TASK, e.g. cartpole-swingup.")],
         out: Annotated[Path, typer.Option(help="Run directory: config.json, CSV logs, checkpoints, videos.")],
         env_steps: Annotated[Optional[int], typer.Option(help="Environment steps to train for (the papers' unit; default: the preset's).")] = None,
-        seed: Annotated[Optional[int], typer.Option(help="Seed for networks, replay sampling and environments.")] = None,
+        seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_SEED, help="Seed for networks, replay sampling and environments.")] = None,
         preset: Annotated[Preset, typer.Option(help="paper: the published hyper-parameters; smoke: tiny, for tests.")] = Preset.paper,
         set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field, KEY=VALUE (repeatable).")] = None,
-        device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+        device: Annotated[Optional[Device], typer.Option(help="Where to train (default: auto, CUDA when torch sees it).")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
         video: Annotated[bool, typer.Option("--video", help="Save an mp4 of one eval episode at every evaluation.")] = False,
         distractors: Annotated[Optional[Distractors], typer.Option(help="Replace the background with moving balls (training and eval).")] = None,
     ) -> None:
         """Train an agent on a DeepMind Control task; kill it any time and continue with --resume."""
         sets = list(set_ or []) + (["save_video=true"] if video else [])
-        cfg = resolve_run(algo.value, env, out, env_steps, seed, preset.value, sets, device.value, resume,
-                          distractors.value if distractors else None)
+        cfg = resolve_run(algo.value, env, out, env_steps, seed, preset.value, sets, device.value if device else None,
+                          resume, distractors.value if distractors else None)
         result = run_training(cfg, out, resume)
         typer.echo(json.dumps({"run_dir": str(out), **result}))
 

@@ -1,0 +1,44 @@
+"""Config validation: values no run can use fail at resolve time, in one line (the CLI's exit 2),
+not deep inside a run; a saved config.json is checked the same way when read back."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from train import config as C
+
+
+@pytest.mark.parametrize("algo, key, value, message", [
+    ("sac-ae", "hidden_dim", 0, "hidden_dim must be positive"),
+    ("sac-ae", "actor_beta", 1.0, "actor_beta must be in [0, 1)"),
+    ("sac-ae", "init_temperature", 0.0, "init_temperature must be positive"),
+    ("sac-ae", "reconstruction_bits", 9, "reconstruction_bits must be in [1, 8]"),
+    ("sac-ae", "batch_size", True, "batch_size must be int, got True"),
+    ("sac-ae", "discount", float("inf"), "discount must be finite"),
+    ("slac", "z1_dim", 0, "z1_dim must be positive"),
+    ("slac", "tau", 1.5, "tau must be in [0, 1]"),
+])
+def test_config_rejects_values_no_run_can_use(algo: str, key: str, value: object, message: str) -> None:
+    with pytest.raises(C.ConfigError, match=re.escape(message)):
+        C.resolve(algo, "smoke", **{key: value})
+
+
+def test_image_size_floor_is_the_trunk_s() -> None:
+    """The smallest image the conv trunk maps to at least one pixel; SAC:state has no trunk."""
+    assert C.resolve("sac-ae", "smoke", image_size=15).image_size == 15
+    with pytest.raises(C.ConfigError, match="at least 15"):
+        C.resolve("sac-pixel", "smoke", image_size=14)
+    assert C.resolve("sac-state", "smoke", image_size=1).image_size == 1
+
+
+def test_a_saved_config_is_checked_when_read_back() -> None:
+    saved = C.to_dict(C.resolve("sac-ae", "smoke"))
+    assert C.from_dict(saved) == C.resolve("sac-ae", "smoke")
+    with pytest.raises(C.ConfigError, match="batch_size must be int, got '16'"):
+        C.from_dict({**saved, "batch_size": "16"})
+    with pytest.raises(C.ConfigError, match="discount must be in"):
+        C.from_dict({**saved, "discount": -0.5})
+    with pytest.raises(C.ConfigError, match="algo must be one of"):
+        C.from_dict({**saved, "algo": "dqn"})
