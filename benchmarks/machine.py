@@ -7,14 +7,30 @@ import platform
 from pathlib import Path
 
 
-def cpu_name() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's /proc/cpuinfo fields ({} where there is none)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
+
+
+def cpu_bf16_units() -> str | None:
+    """The bf16 units the CPU shows ("AMX", "AVX512-BF16"), None without: VMs of one CPU model
+    differ here (a hypervisor may hide them), and without them bf16 autocast is emulated and slow."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    return "AMX" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else None
+
+
+def cpu_name() -> str:
+    """The CPU's name with its family/model numbers and bf16 units: cloud VMs often name every
+    Xeon alike."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "model" in info:
+        name += f" (family {info.get('cpu family', '?')} model {info['model']}, {cpu_bf16_units() or 'no'} bf16 units)"
+    return name
 
 
 def describe() -> str:

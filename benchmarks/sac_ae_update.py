@@ -12,7 +12,8 @@ Three modes, each in its own process (the allocator setting is process-wide and 
   Adam, one shared trunk pass, each conv and its ReLU one oneDNN op, transposed-conv backward as
   convolutions, the flattening linear layers keeping their weights in the maps' channels_last
   order, the reconstruction loss fused per sample in parallel threads, tuned allocator);
-- bf16: optimized plus bf16 autocast (`--set bf16=true`).
+- bf16: optimized plus bf16 autocast (`--set bf16=true`): fast only on a CPU with bf16 units
+  (AMX or AVX512-BF16, `cpu_bf16_units` in the JSON); emulated, and slower than f32, without.
 The three processes stay alive and run in lockstep: update i of every mode runs back to back (the
 order rotating), so a busy host (this VM's CPU steal swings the speed by 2x within minutes) slows
 the modes of one step alike, and each step gives a paired ratio. The headline speedups are the
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any, Iterator
 import lockstep  # noqa: E402
 from lockstep import serve  # noqa: E402
-from machine import StealMeter, describe  # noqa: E402
+from machine import StealMeter, cpu_bf16_units, describe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = {
@@ -141,6 +142,7 @@ def main() -> None:
         "config": "paper: 9x84x84 stacks, batch 128, hidden 1024, feature 50, 4 conv x 32 filters",
         "machine": describe(),
         "cpu_steal": steal.fraction(),
+        "cpu_bf16_units": cpu_bf16_units(),  # None: bf16 emulated, the bf16 mode slower than f32
         "device": args.device,
         "threads": ready["optimized"]["threads"],
         "updates_timed": args.updates,

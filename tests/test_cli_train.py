@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import SACAE, sacae
 
@@ -136,3 +137,24 @@ def test_non_empty_out_without_resume_exits_2(run_dir: Path) -> None:
     proc = sacae("train", *SMOKE, "--out", str(run_dir))
     assert proc.returncode == 2 and "--resume" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_emulated_bf16_is_announced_when_the_run_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--set bf16=true where the CPU lacks bf16 units runs slower than float32: the run says so,
+    first, in one line (the CLI prints progress messages to stderr); where it has them, nothing."""
+    from train import config as C
+    from train import torch_utils
+    from train.workspace import Workspace
+
+    said: dict[bool, list[str]] = {}
+    for native in (False, True):
+        monkeypatch.setattr(torch_utils, "bf16_is_native", lambda device, native=native: native)
+        messages: list[str] = []
+        cfg = C.resolve("sac-pixel", "smoke", env_steps=16, bf16=True, device="cpu")
+        Workspace(cfg, tmp_path / str(native)).run(lambda step, info: messages.extend(
+            [info["message"]] if "message" in info else []))
+        said[native] = messages
+    assert said[True] == []
+    assert len(said[False]) == 1 and said[False][0].startswith("note: bf16=true on a CPU without AVX512-BF16 or AMX")
+    assert "\n" not in said[False][0]
+    assert torch_utils.bf16_notice(False, torch.device("cpu")) is None  # float32 runs: never

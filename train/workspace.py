@@ -22,7 +22,7 @@ from train.config import CommonConfig, to_dict
 from train.envs import make_env
 from train.logger import Logger
 from train.replay import FrameReplay
-from train.torch_utils import pick_device, tune_allocator
+from train.torch_utils import bf16_notice, pick_device, tune_allocator
 
 EVAL_SEED_OFFSET = 1_000_003  # eval episodes never reuse a training episode's initial state
 
@@ -119,6 +119,8 @@ class Workspace:
         self.replay = FrameReplay(cfg.replay_capacity, store_shape, obs.dtype, self.train_env.action_dim,
                                   device=self.device if self.device.type == "cuda" else None)
         self.agent = make_agent(cfg, obs.shape, self.train_env.action_dim, self.device)
+        notice = bf16_notice(cfg.bf16, self.device)
+        self.notices = [notice] if notice else []  # said when the run starts, through `run`'s progress
         self.env_step = self.agent_step = self.episode = 0
         self.pretrained = False
         self.next_eval = 0  # evaluate the untrained policy too: the curve starts at step 0
@@ -157,8 +159,12 @@ class Workspace:
 
     # ------------------------------------------------------------------ loop
     def run(self, progress: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Train until cfg.env_steps; `progress(env_step, info)` is called after every episode and eval."""
+        """Train until cfg.env_steps; `progress(env_step, info)` is called with each notice first
+        (info["message"]), then after every episode and eval."""
         cfg = self.cfg
+        if progress is not None:
+            for notice in self.notices:
+                progress(self.env_step, {"message": notice})
         try:
             while self.env_step < cfg.env_steps:
                 self._episode(progress)

@@ -97,7 +97,7 @@ def run_training(cfg: Any, out: Path, resume: bool) -> dict[str, Any]:
             if "steps_per_s" in info:
                 status["sps"] = info["steps_per_s"]
             if "message" in info:
-                console.print(info["message"])
+                console.print(info["message"], soft_wrap=True, markup=False, highlight=False)
             bar.update(task, completed=env_step, sps=status["sps"], eval=status["eval"])
 
         result = ws.run(progress)
