@@ -99,10 +99,9 @@ class FusedAdam(torch.optim.Adam):
 
 
 def bf16_is_native(device: torch.device) -> bool:
-    """Whether bf16 autocast runs on units made for it: a CPU with AVX512-BF16 or AMX (what the
-    CPUID the hypervisor shows says; oneDNN emulates bf16 elsewhere, and the SAC+AE paper update
-    then runs 0.39x as fast as float32, measured on a 2-core Xeon whose VM hides both), or a CUDA
-    GPU with bf16 arithmetic (Ampere or later)."""
+    """Whether bf16 autocast runs on units made for it: a CPU with AVX512-BF16 or AMX (as the CPUID
+    the hypervisor shows says: oneDNN emulates bf16 without them), or a CUDA GPU with bf16
+    arithmetic (Ampere or later)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
@@ -113,9 +112,12 @@ def bf16_notice(bf16: bool, device: torch.device) -> str | None:
     float32, and the rounding still differs); None where there is nothing to say."""
     if not bf16 or bf16_is_native(device):
         return None
-    units = "bf16 arithmetic (Ampere or later)" if device.type == "cuda" else "AVX512-BF16 or AMX"
+    if device.type == "cuda":
+        units, measured = "bf16 arithmetic (Ampere or later)", ""
+    else:  # measured on a 2-core Xeon whose VM hides both (benchmarks/sac_ae_update.py)
+        units, measured = "AVX512-BF16 or AMX", " (the SAC+AE paper update: 0.4x)"
     return (f"note: bf16=true on a {device.type.upper()} without {units}: bf16 is emulated there and "
-            "updates run slower than float32 (SAC+AE paper update: 0.39x); drop --set bf16=true")
+            f"updates run slower than float32{measured}; drop --set bf16=true")
 
 
 def pick_device(name: str) -> torch.device:
