@@ -3,5 +3,6 @@ sacae_deploy/contract.py; the runtime side is the torch-free `sacae_deploy.Polic
 
 from export.errors import ExportError
 from export.onnx_export import ExportResult, export_agent, export_run, load_run
+from export.precision import PRECISIONS, PrecisionOptions
 
-__all__ = ["ExportError", "ExportResult", "export_agent", "export_run", "load_run"]
+__all__ = ["ExportError", "ExportResult", "PRECISIONS", "PrecisionOptions", "export_agent", "export_run", "load_run"]

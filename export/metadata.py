@@ -58,6 +58,7 @@ def policy_metadata(cfg: Any, facts: EnvFacts, *, interface: str, frame_stack: i
         C.K_OPSET: str(C.OPSET),
         C.K_TORCH_VERSION: torch_version,
         C.K_SACAE_VERSION: __version__,
+        C.K_PRECISION: "fp32",  # a lower-precision variant overwrites it (export/precision.py)
     }
     meta.update(extra or {})
     missing = [k for k in C.REQUIRED_KEYS if k not in meta]

@@ -27,6 +27,7 @@ import torch
 from export.errors import ExportError
 from export.graphs import GraphSpec, frame_stack_spec, slac_spec, state_spec
 from export.metadata import EnvFacts, env_facts, policy_metadata
+from export.precision import PrecisionOptions, make_variant
 from export.verify import Parity, Rollout, check_history_rollout, check_model, check_parity
 from sacae_deploy import contract as C
 
@@ -38,8 +39,9 @@ class ExportResult:
     path: Path
     interface: str
     exporter: str
-    checks: tuple[str, ...]  # one line per self-check (parity; SLAC: the history rollout)
+    checks: tuple[str, ...]  # one line per self-check (parity; SLAC: the history rollout; a variant's gate)
     size_bytes: int
+    precision: str = "fp32"
 
 
 @dataclass
@@ -151,25 +153,41 @@ def _slac_rollout(agent: Any, cfg: Any, facts: EnvFacts, spec: GraphSpec, path: 
 
 
 def export_agent(agent: Any, cfg: Any, facts: EnvFacts, out: Path, env_steps: int = 0,
-                 history: str | None = None, legacy: bool = False) -> ExportResult:
-    """Export, describe, check and publish one policy file (SLAC: plus the stateful/stateless rollout)."""
+                 history: str | None = None, legacy: bool = False, precision: PrecisionOptions = PrecisionOptions(),
+                 replay: Path | None = None) -> ExportResult:
+    """Export, describe, check and publish one policy file (SLAC: plus the stateful/stateless rollout).
+    A lower `precision` is converted from the checked fp32 graph and published only if the behaviour
+    gate passes; `replay` (a checkpoint's replay folder) supplies its calibration frames."""
+    precision.check()
     spec = build_spec(agent, cfg, facts, history)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp, variant = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.variant.tmp")
     try:
         checks = [_write(spec, cfg, facts, tmp, env_steps, legacy).line()]
         if cfg.algo == "slac":
             checks.append(_slac_rollout(agent, cfg, facts, spec, tmp, env_steps, legacy).line())
+        if precision.precision != "fp32":
+            checks += make_variant(tmp, variant, precision, replay=replay, env=cfg.env,
+                                   episode_length=cfg.episode_length)
+            os.replace(variant, tmp)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportResult(out, spec.interface, "legacy" if legacy else "dynamo", tuple(checks), out.stat().st_size)
+        variant.unlink(missing_ok=True)
+    return ExportResult(out, spec.interface, "legacy" if legacy else "dynamo", tuple(checks), out.stat().st_size,
+                        precision.precision)
 
 
 def export_run(run_dir: Path, out: Path | None = None, history: str | None = None,
-               legacy: bool = False) -> ExportResult:
-    """`sacae export`: RUN_DIR/policy.onnx (or `out`) from the run's latest checkpoint."""
+               legacy: bool = False, precision: PrecisionOptions = PrecisionOptions()) -> ExportResult:
+    """`sacae export`: RUN_DIR/policy.onnx (or `out`) from the run's latest checkpoint, at `precision`
+    (calibrated on that checkpoint's replay where it has one)."""
+    from train.checkpoint import candidates
+
     if history is not None and history not in HISTORY_MODES:
         raise ExportError(f"--history must be one of {', '.join(HISTORY_MODES)}, got {history!r}")
+    precision.check()
     run = load_run(run_dir)
-    return export_agent(run.agent, run.cfg, run.facts, out or run_dir / "policy.onnx", run.env_steps, history, legacy)
+    replay = candidates(run_dir)[0][0] / "replay"  # the checkpoint load_run read
+    return export_agent(run.agent, run.cfg, run.facts, out or run_dir / "policy.onnx", run.env_steps, history, legacy,
+                        precision, replay if replay.is_dir() else None)

@@ -9,6 +9,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 
+from sacae_deploy import interrupts
 from sacae_deploy.errors import SacaeError
 
 app = typer.Typer(
@@ -29,7 +30,8 @@ def fail(message: str) -> typer.Exit:
 
 
 def user_errors(fn: F) -> F:
-    """Turn SacaeError (and Ctrl-C) into one line and an exit code instead of a traceback."""
+    """Turn SacaeError, Ctrl-C and SIGTERM into one line and an exit code instead of a traceback
+    (130 and 143, as a shell reports a process those signals killed)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -37,9 +39,9 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except SacaeError as exc:
             raise fail(str(exc)) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            typer.echo(f"interrupted ({getattr(exc, 'signal_name', 'SIGINT')})", err=True)
+            raise typer.Exit(getattr(exc, "exit_code", 130)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -49,9 +51,10 @@ def _register() -> None:
     from sacae_deploy.commands import eval as eval_cmd
     from sacae_deploy.commands import export as export_cmd
     from sacae_deploy.commands import run as run_cmd
+    from sacae_deploy.commands import sweep as sweep_cmd
     from sacae_deploy.commands import train as train_cmd
 
-    for module in (train_cmd, export_cmd, run_cmd, eval_cmd, demo_cmd):
+    for module in (train_cmd, export_cmd, run_cmd, eval_cmd, demo_cmd, sweep_cmd):
         module.register(app)
 
 
@@ -69,8 +72,10 @@ def _click_exception() -> type[Exception]:
 
 def main() -> int:
     """Run the CLI; a bad flag or value is one line on stderr and exit code 2, like the commands'
-    own input errors (Click would draw a usage box)."""
+    own input errors (Click would draw a usage box). SIGINT and SIGTERM end every command alike
+    (sacae_deploy.interrupts)."""
     click_exception = _click_exception()
+    interrupts.install()
     try:
         code = app(prog_name="sacae", standalone_mode=False)
     except click_exception as exc:

@@ -6,3 +6,13 @@ The CLI prints these as one line and exits with code 2; anything else is a bug a
 
 class SacaeError(Exception):
     """A user-facing error with a one-line message."""
+
+
+class PolicyError(SacaeError, ValueError):
+    """A policy file, device or input the runtime cannot use; the message says what to fix.
+    Here, not in policy.py, because the contract module (shared with the exporter) raises it too."""
+
+
+class NonFiniteActionError(PolicyError):
+    """The graph answered NaN or inf: no action was returned. Callers that can carry on (an
+    evaluation's next episode) catch this one; the policy needs `reset()` before acting again."""

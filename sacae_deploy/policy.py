@@ -4,6 +4,7 @@
     print(policy.describe())                          # one line: what runs where
     policy.reset()                                    # at every episode start
     action = policy.act(frame)                        # uint8 (H, W, 3) -> float32 (A,) in env bounds
+    policy.stats                                      # decisions, clipped, non_finite so far
 
 The file describes itself (sacae_deploy/contract.py): the policy keeps the history its algorithm was
 trained with (SAC's frame stack, SLAC's frames and actions), padding an episode start the way
@@ -14,22 +15,26 @@ The hot path allocates nothing of its own: histories live in preallocated buffer
 reads in place (OrtValues over numpy memory, bound once with IOBinding), and a new frame is copied
 in, never shifted: each history slot is written twice into a 2K ring so every K-window is a
 contiguous, oldest-first view.
+
+No action leaves `act` unchecked: the file's metadata is held to the contract at load (so the bounds
+are finite and low < high), a non-finite graph output raises NonFiniteActionError instead of being
+returned, and a finite one outside the bounds is clipped to them and counted in `stats`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from sacae_deploy import contract as C
-from sacae_deploy.errors import SacaeError
+from sacae_deploy.errors import NonFiniteActionError, PolicyError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -43,8 +48,14 @@ CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 DEFAULT_THREADS = min(2, os.cpu_count() or 1)
 
 
-class PolicyError(SacaeError, ValueError):
-    """A policy file, device or input the runtime cannot use; the message says what to fix."""
+@dataclass
+class ActionStats:
+    """What `Policy.act` did since load: a caller (or `sacae run`) sees how often the graph needed
+    its action clipped (a sign of a bad export or an input far from training) without re-checking."""
+
+    decisions: int = 0  # actions returned
+    clipped: int = 0  # of those, actions the graph gave outside the bounds, clipped to them
+    non_finite: int = 0  # graph outputs refused (NonFiniteActionError): no action returned
 
 
 @contextlib.contextmanager
@@ -100,22 +111,6 @@ def _ort_reason(exc: Exception) -> str:
     return text[:200]
 
 
-def _metadata(path: Path, session: "ort.InferenceSession") -> dict[str, str]:
-    meta = dict(session.get_modelmeta().custom_metadata_map)
-    missing = [k for k in C.REQUIRED_KEYS if k not in meta]
-    if len(missing) == len(C.REQUIRED_KEYS):
-        raise PolicyError(f"{path} is an ONNX model without sacae metadata; export policies with "
-                          "`sacae export RUN_DIR`")
-    if missing:
-        raise PolicyError(f"{path} lacks sacae metadata keys {', '.join(missing)}; re-export it with `sacae export`")
-    if meta[C.K_FORMAT] != C.FORMAT_VERSION:
-        raise PolicyError(f"{path} uses policy format {meta[C.K_FORMAT]!r}; this sacae reads "
-                          f"{C.FORMAT_VERSION!r}; re-export it with this version's `sacae export`")
-    if meta[C.K_INTERFACE] not in C.INTERFACES:
-        raise PolicyError(f"{path} has unknown interface {meta[C.K_INTERFACE]!r} (known: {', '.join(C.INTERFACES)})")
-    return meta
-
-
 def _ort_value(array: np.ndarray) -> Any:
     import onnxruntime as ort
 
@@ -151,32 +146,28 @@ class _Ring:
 class Policy:
     """A loaded policy file; create it with `Policy.load`."""
 
-    def __init__(self, path: Path, session: "ort.InferenceSession", metadata: dict[str, str],
-                 threads: int | None) -> None:
+    def __init__(self, path: Path, session: "ort.InferenceSession", threads: int | None) -> None:
         self.path = path
         self.session = session
-        self.metadata = metadata
-        try:
-            self.algo = metadata[C.K_ALGO]
-            self.env = metadata[C.K_ENV]
-            self.interface = metadata[C.K_INTERFACE]
-            self.action_dim = int(metadata[C.K_ACTION_DIM])
-            self.action_low = np.asarray(json.loads(metadata[C.K_ACTION_LOW]), np.float32)
-            self.action_high = np.asarray(json.loads(metadata[C.K_ACTION_HIGH]), np.float32)
-            self.action_repeat = int(metadata[C.K_ACTION_REPEAT])
-            self.frame_stack = int(metadata[C.K_FRAME_STACK])
-            self.image_size: int | None = json.loads(metadata[C.K_IMAGE_SIZE])
-            self.control_timestep = float(metadata[C.K_CONTROL_TIMESTEP])
-            self.state_dim: int | None = int(metadata[C.K_STATE_DIM]) if C.K_STATE_DIM in metadata else None
-            self.feature_dim: int | None = int(metadata[C.K_FEATURE_DIM]) if C.K_FEATURE_DIM in metadata else None
-        except (ValueError, KeyError) as exc:
-            raise PolicyError(f"{path} has malformed sacae metadata ({type(exc).__name__}: {exc})") from None
+        self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
+        spec = C.parse_metadata(self.metadata, str(path))
+        self.algo, self.env, self.interface = spec.algo, spec.env, spec.interface
+        self.action_dim = spec.action_dim
+        self.action_low = np.asarray(spec.action_low, np.float32)
+        self.action_high = np.asarray(spec.action_high, np.float32)
+        self.action_repeat, self.frame_stack = spec.action_repeat, spec.frame_stack
+        self.image_size, self.control_timestep = spec.image_size, spec.control_timestep
+        self.state_dim, self.feature_dim, self.camera_id = spec.state_dim, spec.feature_dim, spec.camera_id
+        C.check_graph_io(spec, {i.name: (i.type, i.shape) for i in session.get_inputs()},
+                         {o.name: (o.type, o.shape) for o in session.get_outputs()}, str(path))
         self.providers: list[str] = list(session.get_providers())
         self.device = "cuda" if self.providers[0] == CUDA_EP else "cpu"
         self.threads = threads or DEFAULT_THREADS
-        self._check_io()
+        self.stats = ActionStats()
         self._frame_shape = (self.image_size, self.image_size, 3)
         self._out = np.zeros((1, self.action_dim), np.float32)
+        self._bounds = (self.action_low.tolist(), self.action_high.tolist())  # act's fast check, as floats
+        self._episode_decisions = 0
         self._reset_flag = np.zeros((1, 1), np.float32)
         self._fresh = True
         self._no_action = np.zeros(self.action_dim, np.float32)
@@ -205,28 +196,9 @@ class Policy:
         if not p.is_file():
             raise PolicyError(f"{p} is a directory without a policy.onnx")
         session = _create_session(p, device, threads)
-        policy = cls(p, session, _metadata(p, session), threads)
+        policy = cls(p, session, threads)
         policy._warm_up()
         return policy
-
-    def _check_io(self) -> None:
-        want = {
-            C.I_FRAME_STACK: ({C.IN_FRAMES}, {C.OUT_ACTION}),
-            C.I_STATE: ({C.IN_STATE}, {C.OUT_ACTION}),
-            C.I_SLAC_STATELESS: ({C.IN_FRAMES, C.IN_ACTIONS}, {C.OUT_ACTION}),
-            C.I_SLAC_STATEFUL: ({C.IN_FRAME, C.IN_FEATURE_CACHE, C.IN_ACTION_CACHE, C.IN_RESET},
-                                {C.OUT_ACTION, C.OUT_FEATURE_CACHE, C.OUT_ACTION_CACHE}),
-        }[self.interface]
-        got = ({i.name for i in self.session.get_inputs()}, {o.name for o in self.session.get_outputs()})
-        if got[0] != want[0] or not want[1] <= got[1]:
-            raise PolicyError(f"{self.path}: interface {self.interface} needs inputs {sorted(want[0])} and outputs "
-                              f"{sorted(want[1])}, the graph has {sorted(got[0])} and {sorted(got[1])}")
-        if self.interface != C.I_STATE and not self.image_size:
-            raise PolicyError(f"{self.path}: a {self.interface} policy needs {C.K_IMAGE_SIZE} in its metadata")
-        if self.interface == C.I_STATE and self.state_dim is None:
-            raise PolicyError(f"{self.path}: a state policy needs {C.K_STATE_DIM} in its metadata")
-        if self.interface == C.I_SLAC_STATEFUL and self.feature_dim is None:
-            raise PolicyError(f"{self.path}: a stateful SLAC policy needs {C.K_FEATURE_DIM} in its metadata")
 
     def _binding(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> Any:
         binding = self.session.io_binding()
@@ -267,35 +239,77 @@ class Policy:
             self._side = 0
 
     def _warm_up(self) -> None:
-        """Let onnxruntime allocate and pick kernels now, not on the first real frame."""
+        """Let onnxruntime allocate and pick kernels now, not on the first real frame. The outputs
+        are not judged (a blank frame is no real input) and not counted in `stats`."""
         dummy = (np.zeros(self.state_dim, np.float32) if self.interface == C.I_STATE
                  else np.zeros((self.image_size, self.image_size, 3), np.uint8))
-        for _ in range(WARMUP_RUNS):
-            self.act(dummy)
+        try:
+            for _ in range(WARMUP_RUNS):
+                self._infer(dummy)
+        except RuntimeError as exc:  # onnxruntime's failures: a graph whose outputs break its declared shapes
+            raise PolicyError(f"{self.path}: the graph fails on its first input ({_ort_reason(exc)})") from None
         self.reset()
 
     # ------------------------------------------------------------------ acting
     def describe(self) -> str:
-        """One line for the user's terminal: what runs, where."""
+        """One line for the user's terminal: what runs, where, at which precision, and what the export's
+        behaviour gate found for a lower-precision variant (export/gate.py)."""
+        import json
+
         import onnxruntime as ort
 
         where = "GPU (CUDA)" if self.device == "cuda" else f"CPU, {self.threads} thread{'s' * (self.threads > 1)}"
-        return (f"{self.algo} policy for {self.env} ({self.interface}) on {where} "
+        what = self.metadata.get(C.K_PRECISION, "fp32")  # files from before precisions are fp32
+        gate = self.metadata.get(C.K_GATE)
+        if gate == C.GATE_SKIPPED:
+            what += ", behaviour gate skipped"
+        elif gate is not None:
+            try:
+                g = json.loads(gate)
+                what += (f", behaviour gate {'passed' if g['passed'] else 'failed'}: return {g['mean_variant']:.1f} "
+                         f"vs fp32 {g['mean_fp32']:.1f}, max action diff {g['action_diff']['max']:.3f} of the range")
+            except (ValueError, KeyError, TypeError):
+                what += ", unreadable behaviour gate result"
+        return (f"{self.algo} policy for {self.env} ({self.interface}, {what}) on {where} "
                 f"via onnxruntime {ort.__version__} [{self.providers[0]}]")
 
     def reset(self) -> None:
-        """Start an episode: the next frame (or state) is treated as the first one."""
+        """Start an episode: the next frame (or state) is treated as the first one. Also the way
+        on after a NonFiniteActionError, whose history is spoilt."""
         self._fresh = True
+        self._episode_decisions = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """One control step: a uint8 (H, W, 3) RGB frame (a float state vector for state
-        policies) -> float32 (action_dim,) already in the env's action bounds."""
+        """One control step: a uint8 (H, W, 3) RGB frame (a finite float state vector for state
+        policies) -> a new float32 (action_dim,) array, finite and inside [action_low, action_high].
+
+        A graph output outside the bounds is clipped to them (counted in `stats.clipped`); a NaN or
+        inf one raises NonFiniteActionError naming the decision, and nothing is returned."""
+        raw = self._infer(obs)
+        self._episode_decisions += 1
+        # The healthy case in plain Python: for dm_control's action sizes (1-38) it costs a fraction of
+        # the numpy calls below. NaN fails every comparison and inf a finite bound, so both go on.
+        if all(low <= x <= high for low, x, high in zip(self._bounds[0], raw.tolist(), self._bounds[1])):
+            action = raw.copy()
+        elif np.isfinite(raw).all():
+            action = np.clip(raw, self.action_low, self.action_high)
+            self.stats.clipped += 1
+        else:
+            self.stats.non_finite += 1
+            shown = ", ".join(f"{v:g}" for v in raw[:6].tolist()) + (", ..." if raw.size > 6 else "")
+            raise NonFiniteActionError(f"{self.path}: the graph gave a non-finite action [{shown}] at decision "
+                                       f"{self._episode_decisions} of the episode; refused, no action returned")
+        self.stats.decisions += 1
+        if self.interface == C.I_SLAC_STATELESS:
+            self._actions.push(action)  # the history holds the actions taken
+        return action
+
+    def _infer(self, obs: np.ndarray) -> np.ndarray:
+        """Run the graph on one observation; its raw action (a view of the bound output buffer)."""
         run = self._step(obs)
         self._fresh = False
         self.session.run_with_iobinding(run)
-        if self.interface == C.I_SLAC_STATELESS:
-            self._actions.push(self._out[0])
-        return self._out[0].copy()
+        return self._out[0]
 
     # Each `_step_*` puts one observation into its interface's history and returns the binding to run.
     def _step_frame_stack(self, frame: np.ndarray) -> Any:
@@ -345,11 +359,16 @@ class Policy:
         raise PolicyError(f"frame has dtype {frame.dtype}, this policy takes {want} (values 0..255)")
 
     def _check_state(self, state: Any) -> None:
-        if type(state) is np.ndarray and state.shape == (self.state_dim,) and state.dtype.kind == "f":
+        if (type(state) is np.ndarray and state.shape == (self.state_dim,) and state.dtype.kind == "f"
+                and np.isfinite(state).all()):
             return
         if not isinstance(state, np.ndarray):
             raise PolicyError(f"state must be a numpy float array of shape ({self.state_dim},), "
                               f"got {type(state).__name__}")
         if state.shape != (self.state_dim,):
             raise PolicyError(f"state has shape {state.shape}, this policy takes ({self.state_dim},)")
-        raise PolicyError(f"state has dtype {state.dtype}, this policy takes a float vector")
+        if state.dtype.kind != "f":
+            raise PolicyError(f"state has dtype {state.dtype}, this policy takes a float vector")
+        bad = np.flatnonzero(~np.isfinite(state))
+        raise PolicyError(f"state has non-finite values at indices {bad[:6].tolist()}{' ...' * (bad.size > 6)}: "
+                          "the policy takes a finite state (a sensor dropout or a diverged simulation?)")

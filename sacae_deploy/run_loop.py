@@ -18,6 +18,10 @@ a simulated camera simply runs slower than real time). A decision whose action i
 its frame's deadline is late: that frame keeps the held action (an actuator could not have had the
 new one in time) and the new action takes effect from the next frame.
 
+Actions: the policy returns them finite and inside its bounds (clipping counted in `policy.stats`);
+each JSON line says whether the action in effect was clipped, and a non-finite graph output ends the
+run with NonFiniteActionError naming the frame, before anything reaches the source or the lines.
+
 The first frame is fetched before the clock starts (opening a camera or building a scene is not
 frame time), so t0 is the release of frame 0.
 """
@@ -31,12 +35,15 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Protocol
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Protocol
 
 import numpy as np
 
-from sacae_deploy.errors import SacaeError
+from sacae_deploy.errors import NonFiniteActionError, SacaeError
 from sacae_deploy.sources import AreaResize, FrameSource, check_frame, open_source
+
+if TYPE_CHECKING:
+    from sacae_deploy.policy import ActionStats
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -52,6 +59,7 @@ class PolicyLike(Protocol):
     action_repeat: int
     image_size: int
     control_timestep: float
+    stats: "ActionStats"
 
     def reset(self) -> None: ...
 
@@ -73,6 +81,7 @@ class Summary:
     latency_ms: dict[str, float | None]  # p50, p95, p99, max, mean
     overruns: int  # frames that ended after their deadline (realtime only)
     late_decisions: int  # decisions whose action was ready after their frame's deadline (realtime only)
+    clipped: int  # decisions whose action the policy clipped to its bounds
     episode_returns: list[float] = field(default_factory=list)  # finished episodes (dmc)
     partial_return: float | None = None  # reward of an episode cut short by --max-frames or Ctrl-C
     interrupted: bool = False  # ended by Ctrl-C
@@ -87,6 +96,13 @@ def latency_stats(latencies_s: list[float]) -> dict[str, float | None]:
     ms = np.asarray(latencies_s) * 1e3
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])
     return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(ms.max()), "mean": float(ms.mean())}
+
+
+class _Decided(NamedTuple):
+    """A decision's action and whether the policy had to clip it (both travel while it is held)."""
+
+    action: np.ndarray
+    clipped: bool
 
 
 def run_loop(policy: PolicyLike, source: FrameSource | Iterable[np.ndarray], *,
@@ -113,11 +129,11 @@ def run_loop(policy: PolicyLike, source: FrameSource | Iterable[np.ndarray], *,
     returns: list[float] | None = getattr(src, "episode_returns", None)
 
     latencies: list[float] = []
-    n = late_count = overruns = 0
+    n = late_count = overruns = clipped = 0
     episode: int | None = None
     step = 0  # frame index within the episode (the stream, for non-episodic sources)
-    held: np.ndarray | None = None  # the action in effect
-    pending: np.ndarray | None = None  # a late decision's action, in effect from the next frame
+    held: _Decided | None = None  # the action in effect
+    pending: _Decided | None = None  # a late decision's action, in effect from the next frame
     ep_reward, returns_seen, interrupted = 0.0, 0, False
     start = clock()
     frames = iter(src)
@@ -143,9 +159,15 @@ def run_loop(policy: PolicyLike, source: FrameSource | Iterable[np.ndarray], *,
             is_held = not decision
             if decision:
                 frame = resize(raw)
+                clipped_before = policy.stats.clipped
                 ta = clock()
-                action = policy.act(frame)
+                try:
+                    chosen = policy.act(frame)
+                except NonFiniteActionError as exc:
+                    raise NonFiniteActionError(f"frame {n}: {exc}") from None
                 tb = clock()
+                action = _Decided(chosen, policy.stats.clipped > clipped_before)
+                clipped += action.clipped
                 latency = tb - ta
                 latencies.append(latency)
                 late = realtime and tb > deadline
@@ -155,12 +177,13 @@ def run_loop(policy: PolicyLike, source: FrameSource | Iterable[np.ndarray], *,
                 else:
                     held = action
             assert held is not None  # a stream's first frame is a decision
-            reward = src.apply(held)
+            reward = src.apply(held.action)
             if reward is not None:  # counted before on_frame, whose output may break off (BrokenPipe)
                 ep_reward += reward
             if on_frame is not None:
                 rec: dict[str, Any] = {"frame": n, "decision": decision, "held": is_held,
-                                       "action": held.tolist(), "latency_ms": None if latency is None else latency * 1e3}
+                                       "action": held.action.tolist(), "clipped": held.clipped,
+                                       "latency_ms": None if latency is None else latency * 1e3}
                 if src.episodic:
                     rec.update(episode=episode, step=step, reward=reward)
                 if realtime:
@@ -192,10 +215,13 @@ def run_loop(policy: PolicyLike, source: FrameSource | Iterable[np.ndarray], *,
     return Summary(
         frames=n, decisions=len(latencies), action_repeat=k, realtime=realtime, control_timestep=dt,
         wall_s=wall, rate_hz=n / wall if wall > 0 else 0.0, act_s=float(sum(latencies)),
-        latency_ms=latency_stats(latencies), overruns=overruns, late_decisions=late_count,
+        latency_ms=latency_stats(latencies), overruns=overruns, late_decisions=late_count, clipped=clipped,
         episode_returns=list(returns or []),
         partial_return=ep_reward if src.episodic and episode is not None and returns_seen <= episode else None,
         interrupted=interrupted)
+
+
+_JSON = json.JSONEncoder(allow_nan=False)  # NaN / Infinity are not JSON: a bug raises instead of writing them
 
 
 class JsonLines:
@@ -212,7 +238,7 @@ class JsonLines:
 
     def __call__(self, record: dict[str, Any]) -> None:
         try:
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(_JSON.encode(record) + "\n")
             if not self._own:
                 self._file.flush()
         except BrokenPipeError:

@@ -178,6 +178,7 @@ class DMCSource(FrameSource):
     def __init__(self, env: str, image_size: int, seed: int = 0, episodes: int = 1, episode_length: int = 1000,
                  camera_id: int = 0, distractors: str = "none", frames_per_step: int = 1) -> None:
         from distractors import DISTRACTORS, make_background
+        from train.config import check_render_size
         from train.envs import DMCEnv, PixelObservation  # numpy + dm_control only; never torch
 
         if distractors not in DISTRACTORS:
@@ -185,6 +186,7 @@ class DMCSource(FrameSource):
 
         if episodes < 1:
             raise SourceError(f"--episodes must be at least 1, got {episodes}")
+        check_render_size(image_size)
         try:
             sim = DMCEnv(env, seed, episode_length, camera_id)
         except ModuleNotFoundError as exc:

@@ -72,8 +72,20 @@ def test_summary_rows_and_table() -> None:
     (row,) = summary_rows(results, ["none", "balls"])
     assert row["none"]["mean"] == 150.0 and row["none"]["std"] == 50.0
     assert row["drop_balls"] == pytest.approx(0.5)
-    assert "| a | sac-ae | 150.0 ± 50.0 | 75.0 ± 0.0 | +50.0% |" in markdown_table([row], ["none", "balls"], 2)
+    assert "| a | sac-ae | 150.0 ± 50.0 | 75.0 ± 0.0 | +50.0% | 0 |" in markdown_table([row], ["none", "balls"], 2)
     assert relative_drop(0.0, 3.0) is None
+
+
+def test_failed_episodes_are_counted_not_averaged() -> None:
+    """None marks an episode the policy failed (a non-finite action): out of the mean, in `failed`."""
+    results = [ConditionResult("a", "sac-ae", "x-y", "none", [100.0, None, 200.0], ["episode 1: why"]),
+               ConditionResult("a", "sac-ae", "x-y", "balls", [None, None, None])]
+    assert (results[0].completed, results[0].failed, results[0].mean) == (2, 1, 150.0)
+    (row,) = summary_rows(results, ["none", "balls"])
+    assert row["failed"] == 4 and row["balls"]["mean"] is None and row["drop_balls"] is None
+    table = markdown_table([row], ["none", "balls"], 3)
+    assert "| a | sac-ae | 150.0 ± 50.0 (1 of 3 failed) | n/a (3 of 3 failed) | n/a | 4 |" in table
+    assert "mean ± sd of completed" in table
 
 
 def test_preview_gif(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from helpers import export_tiny_sac, sacae
+from sacae_deploy.policy import ActionStats
 from sacae_deploy.run_loop import JsonLines, RunError, run_loop
 from sacae_deploy.sources import (AreaResize, DMCSource, FrameError, FrameSource, ImagesSource, SourceError,
                                   VideoSource, open_source)
@@ -40,6 +41,7 @@ class FakePolicy:
         self.action_repeat, self.image_size, self.control_timestep = action_repeat, image_size, DT
         self.action_dim, self.algo, self.env, self.device = 2, "sac-ae", "cartpole-swingup", "cpu"
         self.metadata: dict[str, str] = {}
+        self.stats = ActionStats()
         self.seen: list[int] = []
         self.stacks: list[tuple[int, ...]] = []
         self.resets = 0
@@ -214,7 +216,8 @@ def test_jsonl_schema(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["frame"] for r in rows] == [0, 1, 2, 3, 4]
     for r in rows:
-        assert set(r) == {"frame", "decision", "held", "action", "latency_ms"}
+        assert set(r) == {"frame", "decision", "held", "action", "clipped", "latency_ms"}
+        assert r["clipped"] is False
         assert isinstance(r["action"], list) and all(isinstance(a, float) for a in r["action"])
         if r["decision"]:
             assert isinstance(r["latency_ms"], float) and r["latency_ms"] >= 0 and not r["held"]
@@ -222,7 +225,8 @@ def test_jsonl_schema(tmp_path: Path) -> None:
             assert r["latency_ms"] is None and r["held"]
     clock, lines = FakeClock(), []
     run_loop(FakePolicy(clock=clock), Episodes(1, 4), realtime=True, on_frame=lines.append, clock=clock, sleep=clock.sleep)
-    assert set(lines[0]) == {"frame", "decision", "held", "action", "latency_ms", "episode", "step", "reward", "late"}
+    assert set(lines[0]) == {"frame", "decision", "held", "action", "clipped", "latency_ms", "episode", "step",
+                             "reward", "late"}
 
 
 def test_ctrl_c_ends_the_run_with_a_summary() -> None:

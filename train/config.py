@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar
 
@@ -186,6 +187,8 @@ def resolve(algo: str, preset: str = "paper", base: dict[str, Any] | None = None
     if cfg.action_repeat == 0:
         cfg.action_repeat = default_action_repeat(cfg)
     validate(cfg)
+    if cfg.threads > MAX_THREADS:  # here, not in validate: exporting a run made on a bigger machine is fine
+        raise ConfigError(f"threads must be at most {MAX_THREADS} (this machine's cores; 0 = all), got {cfg.threads}")
     return cfg
 
 
@@ -210,6 +213,27 @@ POSITIVE = ("init_temperature", "decoder_variance", "actor_std_scale")
 UNIT_INTERVAL = ("discount", "critic_tau", "encoder_tau", "tau")  # [0, 1]
 ADAM_BETAS = ("critic_beta", "actor_beta", "alpha_beta")  # [0, 1), as torch.optim.Adam requires
 MIN_CAMERA_ID = -1  # dm_control's free camera; the model's own cameras are checked when the env is built
+# Upper bounds on sizes: 4x the papers' values or more, yet no single one can allocate absurd memory
+# (networks and activations grow with their square). Frames are rendered square into MuJoCo's
+# offscreen framebuffer, 640x480 in the DeepMind Control models (a larger render is an error deep
+# inside dm_control), hence at most 480 pixels.
+MAX_RENDER_SIZE = 480
+AT_MOST = {"image_size": MAX_RENDER_SIZE, "frame_stack": 16, "num_conv_layers": 16, "num_filters": 256,
+           "feature_dim": 1024, "hidden_dim": 4096, "batch_size": 1024, "model_batch_size": 256,
+           "sequence_length": 64, "z1_dim": 1024, "z2_dim": 1024, "model_hidden": 4096, "base_depth": 128}
+MAX_THREADS = os.cpu_count() or 1  # more threads than cores only contend (ONNX Runtime's spin-wait crawls)
+
+
+def check_render_size(image_size: int) -> None:
+    """A policy's frames must fit the framebuffer for the simulator (`sacae run --source dmc`, `sacae eval`)."""
+    if image_size > MAX_RENDER_SIZE:
+        raise ConfigError(f"the simulator renders at most {MAX_RENDER_SIZE}x{MAX_RENDER_SIZE} frames (MuJoCo's "
+                          f"offscreen framebuffer); this policy takes {image_size}x{image_size}")
+
+
+def bounds_help() -> str:
+    """The upper bounds as `--help` states them."""
+    return ", ".join(f"{name} {bound}" for name, bound in AT_MOST.items()) + f", threads {MAX_THREADS} (the cores)"
 
 
 def _check_types(cls: type[CommonConfig], values: dict[str, Any]) -> None:
@@ -236,6 +260,9 @@ def validate(cfg: CommonConfig) -> None:
                 raise ConfigError(f"{name} must be {rule}, got {getattr(cfg, name)}")
 
     check(AT_LEAST_ONE, lambda v: v >= 1, "positive")
+    for name, bound in AT_MOST.items():
+        why = " (MuJoCo's offscreen framebuffer is 640x480)" if name == "image_size" else ""
+        check((name,), lambda v, bound=bound: v <= bound, f"at most {bound}{why}")
     check(NON_NEGATIVE, lambda v: v >= 0, "non-negative")
     check(POSITIVE, lambda v: v > 0, "positive")
     check(UNIT_INTERVAL, lambda v: 0 <= v <= 1, "in [0, 1]")

@@ -17,13 +17,15 @@ there from indices drawn on the host, so no pixels cross the bus and nothing wai
 inside an update. The host copy stays the one that checkpoints read.
 
 Checkpoints are chunked: a chunk file that did not change since the previous checkpoint is
-hard-linked instead of written again, so saving a large buffer costs only what is new.
+hard-linked instead of written again, so saving a large buffer costs only what is new. Loading
+checks every chunk's arrays against the buffer's shapes, and numpy's zip reader their CRC-32.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ import torch
 
 from sacae_deploy.contract import PADDING_RULE
 from sacae_deploy.errors import SacaeError
+from sacae_deploy.files import fsync_dir, synced
+from train.checkpoint import CheckpointError
 
 CHUNK_SLOTS = 4096
 
@@ -211,37 +215,74 @@ class FrameReplay:
     # ------------------------------------------------------------------ checkpointing
     _ARRAYS = ("obs", "action", "reward", "discount", "step")
 
+    @staticmethod
+    def _layout(filled: int) -> list[tuple[str, slice]]:
+        """File name and slots of each chunk that holds `filled` slots."""
+        return [(f"chunk{c:05d}.npz", slice(c * CHUNK_SLOTS, min((c + 1) * CHUNK_SLOTS, filled)))
+                for c in range((filled + CHUNK_SLOTS - 1) // CHUNK_SLOTS)]
+
+    def _chunks(self, previous: Path | None) -> list[tuple[str, slice, Path | None]]:
+        """The chunks to save, each with the file of `previous` to hard-link instead (None: write it)."""
+        out = []
+        for c, (name, sl) in enumerate(self._layout(min(self.total, self.capacity))):
+            old = previous / name if previous is not None and c not in self._dirty else None
+            out.append((name, sl, old if old is not None and old.exists() else None))
+        return out
+
+    def save_size(self, previous: Path | None = None) -> int:
+        """Bytes `save` writes (npz and meta.json headers aside): what a disk must have free."""
+        written = [sl for _, sl, link in self._chunks(previous) if link is None]
+        return sum(sl.stop - sl.start for sl in written) * self.bytes_per_slot()
+
     def save(self, directory: Path, previous: Path | None = None) -> None:
-        """Write the buffer into `directory` (new, empty); unchanged chunks are hard-linked from `previous`."""
+        """Write the buffer into `directory` (new), fsynced; unchanged chunks are hard-linked from `previous`."""
         directory.mkdir(parents=True, exist_ok=False)
-        filled = min(self.total, self.capacity)
-        n_chunks = (filled + CHUNK_SLOTS - 1) // CHUNK_SLOTS
-        for c in range(n_chunks):
-            name = f"chunk{c:05d}.npz"
-            old = previous / name if previous is not None else None
-            if old is not None and old.exists() and c not in self._dirty:
-                os.link(old, directory / name)
+        chunks = self._chunks(previous)
+        for name, sl, link in chunks:
+            if link is not None:
+                os.link(link, directory / name)
                 continue
-            sl = slice(c * CHUNK_SLOTS, min((c + 1) * CHUNK_SLOTS, filled))
-            with open(directory / name, "wb") as fh:
+            with synced(directory / name) as fh:
                 np.savez(fh, **{a: getattr(self, a)[sl] for a in self._ARRAYS})
         meta = {"total": self.total, "capacity": self.capacity, "obs_shape": list(self.obs_shape),
-                "obs_dtype": self.obs_dtype.str, "action_dim": self.action_dim, "chunks": n_chunks}
-        (directory / "meta.json").write_text(json.dumps(meta))
+                "obs_dtype": self.obs_dtype.str, "action_dim": self.action_dim, "chunks": len(chunks)}
+        with synced(directory / "meta.json") as fh:
+            fh.write(json.dumps(meta).encode())
+        fsync_dir(directory)
         self._dirty.clear()
 
     def load(self, directory: Path) -> None:
-        meta = json.loads((directory / "meta.json").read_text())
-        if meta["capacity"] != self.capacity or tuple(meta["obs_shape"]) != self.obs_shape:
-            raise ReplayError(f"checkpointed replay {directory} has capacity {meta['capacity']} and obs "
-                              f"{meta['obs_shape']}, this run expects {self.capacity} and {list(self.obs_shape)}")
-        for c in range(meta["chunks"]):
-            with np.load(directory / f"chunk{c:05d}.npz", allow_pickle=False) as data:
-                start = c * CHUNK_SLOTS
-                for a in self._ARRAYS:
-                    arr = data[a]
-                    getattr(self, a)[start:start + len(arr)] = arr
+        """Fill the buffer from a checkpoint; a damaged one is a one-line CheckpointError (numpy's zip
+        reader checks each chunk's CRC-32), one of another shape a ReplayError."""
+        def damaged(why: str) -> CheckpointError:
+            return CheckpointError(f"checkpoint replay {directory} is damaged: {why}")
+
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+            total, chunks, capacity, obs_shape = meta["total"], meta["chunks"], meta["capacity"], meta["obs_shape"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise damaged(f"meta.json is unreadable ({type(exc).__name__})") from None
+        if capacity != self.capacity or not isinstance(obs_shape, list) or tuple(obs_shape) != self.obs_shape:
+            raise ReplayError(f"checkpointed replay {directory} has capacity {capacity} and obs "
+                              f"{obs_shape}, this run expects {self.capacity} and {list(self.obs_shape)}")
+        if type(total) is not int or total < 0:
+            raise damaged(f"meta.json total is {total!r}, not a count of slots")
+        layout = self._layout(min(total, self.capacity))
+        if chunks != len(layout):
+            raise damaged(f"meta.json lists {chunks!r} chunks, its total of {total} slots needs {len(layout)}")
+        for name, sl in layout:
+            try:
+                with np.load(directory / name, allow_pickle=False) as data:
+                    for a in self._ARRAYS:
+                        arr, into = data[a], getattr(self, a)
+                        want = (sl.stop - sl.start, *into.shape[1:])
+                        if arr.dtype != into.dtype or arr.shape != want:
+                            raise damaged(f"{name} holds {a} as {arr.dtype} {list(arr.shape)}, "
+                                          f"expected {into.dtype} {list(want)}")
+                        into[sl] = arr
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+                raise damaged(f"{name} is unreadable ({type(exc).__name__})") from None
         if self.device_obs is not None:
             self.device_obs.copy_(torch.from_numpy(self.obs))
-        self.total = int(meta["total"])
+        self.total = total
         self._dirty.clear()

@@ -3,7 +3,8 @@
 Counters are environment steps (the unit of the published tables; one agent step = action_repeat
 environment steps). Checkpoints are taken at episode boundaries, and every episode's initial state
 is seeded from (seed, episode index), so a run resumed after `kill -9` replays exactly what the
-uninterrupted run would have done from that checkpoint on.
+uninterrupted run would have done from that checkpoint on. A run folder has one writer (a lock held
+for the workspace's life).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import numpy as np
 import torch
 
 from distractors import make_background
+from sacae_deploy.files import atomic_write_text, lock_dir
 from train import checkpoint
+from train.checkpoint import CheckpointError
 from train.config import CommonConfig, to_dict
 from train.envs import make_env
 from train.logger import Logger
-from train.replay import FrameReplay
+from train.replay import FrameReplay, ReplayError
 from train.torch_utils import bf16_notice, pick_device, tune_allocator
 
 EVAL_SEED_OFFSET = 1_000_003  # eval episodes never reuse a training episode's initial state
@@ -100,12 +103,37 @@ def evaluate(agent: Any, env: Any, cfg: CommonConfig, episodes: int, first_seed:
     return returns
 
 
+# state.json's counters and the type each must have (bool is not taken for int).
+STATE_TYPES: dict[str, type] = {"env_step": int, "agent_step": int, "episode": int, "pretrained": bool,
+                                "next_eval": int, "next_ckpt": int, "eval_returns": list, "numpy_rng": dict}
+
+
+def check_state(state: dict[str, Any], path: Path) -> None:
+    """Refuse counters a hand edit or another version left wrong, in one line, before any is used."""
+    for key, kind in STATE_TYPES.items():
+        if key not in state:
+            raise CheckpointError(f"checkpoint {path} is damaged: state.json has no {key}")
+        value = state[key]
+        if type(value) is not kind or (kind is int and value < 0) or (
+                kind is list and not all(type(v) in (int, float) for v in value)):
+            raise CheckpointError(f"checkpoint {path} is damaged: state.json {key} is {value!r:.60}")
+
+
 class Workspace:
     def __init__(self, cfg: CommonConfig, run_dir: Path, resume: bool = False,
                  render: Callable[..., np.ndarray] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_dir(run_dir)
+        try:
+            self._build(resume, render)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, resume: bool, render: Callable[..., np.ndarray] | None) -> None:
+        cfg, run_dir = self.cfg, self.run_dir
         tune_allocator()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -126,12 +154,13 @@ class Workspace:
         self.next_eval = 0  # evaluate the untrained policy too: the curve starts at step 0
         self.next_ckpt = cfg.checkpoint_every
         self.eval_returns: list[float] = []
+        self.checkpoint_dir: Path | None = None  # the checkpoint loaded or last saved: the next one links its replay
         if resume:
             self._restore()
-        checkpoint.atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-        self.logger = Logger(run_dir, self.agent.metric_names)
+        atomic_write_text(run_dir / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+        self.logger = Logger(run_dir, self.agent.metric_names, purge_step=self.env_step if resume else None)
         if resume:
-            self.logger.truncate_after(self.env_step)
+            self.notices += self.logger.resume(self.env_step, train_rows=self.episode, eval_rows=len(self.eval_returns))
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
@@ -140,20 +169,50 @@ class Workspace:
                 "eval_returns": self.eval_returns, "numpy_rng": self.rng.bit_generator.state}
 
     def save(self) -> Path:
-        return checkpoint.save(self.run_dir, self.env_step, self.agent.state_dict(), self._state(), self.replay)
+        self.checkpoint_dir = checkpoint.save(self.run_dir, self.env_step, self.agent.state_dict(), self._state(),
+                                              self.replay, previous=self.checkpoint_dir)
+        return self.checkpoint_dir
 
     def _restore(self) -> None:
-        path = checkpoint.latest(self.run_dir)
-        if path is None:  # killed before the first checkpoint: start over in the same directory
+        """Continue from the checkpoint `latest` names or, when it is missing or damaged, the newest
+        intact one (said in one line). No checkpoint at all (killed before the first): start over;
+        only damaged ones: stop with the newest one's error. Nothing is deleted here."""
+        paths, problem = checkpoint.candidates(self.run_dir)
+        errors = [problem] if problem else []
+        for path in paths:
+            try:
+                self._load(path)
+            except (CheckpointError, ReplayError) as exc:
+                errors.append(str(exc))
+                continue
+            if errors:
+                self.notices.append(f"note: {'; '.join(errors)}; resuming from {path.name}")
+            self.checkpoint_dir = path
             return
+        if errors:
+            raise CheckpointError(f"{'; '.join(errors)}; no intact checkpoint is left to resume from "
+                                  f"(move {self.run_dir / 'checkpoints'} away to start over)")
+
+    def _load(self, path: Path) -> None:
         agent_state, state = checkpoint.load(path, self.device)
-        torch.set_rng_state(agent_state.pop("torch_rng").cpu())  # map_location moved it with the weights
+        check_state(state, path)
+        torch_rng = agent_state.pop("torch_rng", None)
         cuda_rng = agent_state.pop("cuda_rng", None)
-        if cuda_rng is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(cuda_rng.cpu())
-        self.agent.load_state_dict(agent_state)
+        try:
+            self.agent.load_state_dict(agent_state)
+            torch.set_rng_state(torch_rng.cpu())  # map_location moved it with the weights
+            if cuda_rng is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(cuda_rng.cpu())
+            self.rng.bit_generator.state = state["numpy_rng"]
+        except CheckpointError:
+            raise
+        except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path} is damaged: its agent or RNG state does not fit this run "
+                                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:100]})") from None
         self.replay.load(path / "replay")
-        self.rng.bit_generator.state = state["numpy_rng"]
+        if self.replay.total != state["agent_step"] + state["episode"]:
+            raise CheckpointError(f"checkpoint {path} is damaged: its replay holds {self.replay.total:,} slots, "
+                                  f"its counters say {state['agent_step'] + state['episode']:,}")
         for key in ("env_step", "agent_step", "episode", "pretrained", "next_eval", "next_ckpt", "eval_returns"):
             setattr(self, key, state[key])
 
@@ -170,7 +229,8 @@ class Workspace:
                 self._episode(progress)
                 if self.env_step >= self.next_ckpt:
                     self.next_ckpt = (self.env_step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-                    self.save()
+                    if self.env_step < cfg.env_steps:  # at the budget the final save follows at once
+                        self.save()
             if not self.eval_returns or self.last_eval_step != self.env_step:
                 self._evaluate(progress)
             self.save()
@@ -245,7 +305,8 @@ class Workspace:
             progress(self.env_step, {"eval_return": mean})
 
     def close(self) -> None:
-        self.train_env.close()
-        self.eval_env.close()
-        if hasattr(self, "logger"):
-            self.logger.close()
+        """Close what was built (all of it, or what a failed start got to), then release the lock."""
+        for part in ("train_env", "eval_env", "logger"):
+            if hasattr(self, part):
+                getattr(self, part).close()
+        self._lock.close()

@@ -7,8 +7,14 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from sacae_deploy import interrupts
 from sacae_deploy.commands.train import Device
 from sacae_deploy.contract import MAX_SEED
+from sacae_deploy.outputs import check_output_dir, check_output_file
+from sacae_deploy.video import VIDEO_SUFFIXES
+from train.config import MAX_RENDER_SIZE
+
+MAX_PREVIEW_STEPS = 1000  # a GIF writer keeps every frame in memory until it closes
 
 distractors_app = typer.Typer(help="Moving-ball distractor backgrounds (SAC+AE section 5.2).", no_args_is_help=True)
 
@@ -37,7 +43,9 @@ def register(app: typer.Typer) -> None:
         device: Annotated[Device, typer.Option(help="Where ONNX Runtime runs the policies.")] = Device.auto,
         video: Annotated[bool, typer.Option(help="Write a GIF per policy of what it saw (backgrounds side by side).")] = True,
     ) -> None:
-        """Evaluate policies clean and with moving-ball backgrounds: a table (mean ± sd, relative drop), a plot, videos."""
+        """Evaluate policies clean and with moving-ball backgrounds: a table (mean ± sd, relative drop), a plot, videos.
+        Ctrl-C or SIGTERM stops it with the videos of what was seen and the report of the conditions
+        finished (exit code 130 or 143)."""
         evaluate_policies(policies, env=env, episodes=episodes, distractors=distractors, out=out, seed=seed,
                           device=device.value, video=video)
 
@@ -46,8 +54,9 @@ def register(app: typer.Typer) -> None:
     def preview(
         env: Annotated[str, typer.Option(help="DOMAIN-TASK whose background is replaced.")] = "cartpole-swingup",
         out: Annotated[Path, typer.Option(help="GIF (or mp4) to write: clean | balls side by side.")] = Path("distractors.gif"),
-        steps: Annotated[int, typer.Option(min=1, help="Agent steps (random actions) to show.")] = 100,
-        size: Annotated[int, typer.Option(min=16, help="Rendered frame size (the policies' 84 by default).")] = 84,
+        steps: Annotated[int, typer.Option(min=1, max=MAX_PREVIEW_STEPS, help="Agent steps (random actions) to show.")] = 100,
+        size: Annotated[int, typer.Option(min=16, max=MAX_RENDER_SIZE, help="Rendered frame size (the policies' 84 by default; "
+                                                                         "at most MuJoCo's 480-pixel offscreen framebuffer).")] = 84,
         action_repeat: Annotated[Optional[int], typer.Option(min=1, help="Control steps per frame (default: the paper's for the domain).")] = None,
         seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seeds the task and the balls.")] = 0,
     ) -> None:
@@ -56,23 +65,24 @@ def register(app: typer.Typer) -> None:
 
         from distractors import make_background
         from sacae_deploy.evaluation import side_by_side
-        from sacae_deploy.video import write_video
+        from sacae_deploy.video import VideoWriter
         from train.config import SAC_AE_ACTION_REPEAT, DEFAULT_ACTION_REPEAT
         from train.envs import check_env_name, make_env
 
+        check_output_file(out, "--out", VIDEO_SUFFIXES)
         check_env_name(env)
         k = action_repeat or SAC_AE_ACTION_REPEAT.get(env.split("-")[0], DEFAULT_ACTION_REPEAT)
         envs = [make_env(env, seed, pixels=True, action_repeat=k, image_size=size, frame_stack=1,
                          render=make_background(name, seed)) for name in ("none", "balls")]
         rng = np.random.default_rng(seed)
-        clips: list[list[Any]] = [[], []]
+        fps = max(1, round(1.0 / (envs[0].control_timestep * k)))
         try:
             obs = [e.reset(seed=seed) for e in envs]
-            with _progress("preview") as bar:
+            # Streamed: on Ctrl-C the file is closed holding the steps shown so far.
+            with _progress("preview") as bar, VideoWriter(out, fps) as writer:
                 task = bar.add_task("", total=steps)
                 for _ in range(steps):
-                    for clip, o in zip(clips, obs):
-                        clip.append(o.transpose(1, 2, 0))
+                    writer.append(side_by_side([[o.transpose(1, 2, 0)] for o in obs])[0])
                     action = rng.uniform(-1, 1, envs[0].action_dim)
                     # Same physics and actions in both: only the background differs.
                     results = [e.step(action) for e in envs]
@@ -81,8 +91,6 @@ def register(app: typer.Typer) -> None:
         finally:
             for e in envs:
                 e.close()
-        fps = max(1, round(1.0 / (envs[0].control_timestep * k)))
-        write_video(out, side_by_side(clips), fps=fps)
         typer.echo(f"wrote {out} ({steps} frames, clean | balls, {size}x{size} shown x3, action repeat {k})")
 
     app.add_typer(distractors_app, name="distractors")
@@ -91,41 +99,72 @@ def register(app: typer.Typer) -> None:
 def evaluate_policies(policies: list[Path], *, env: str | None = None, episodes: int = 10,
                       distractors: str = "none,balls", out: Path = Path("runs/eval"), seed: int = 0,
                       device: str = "auto", video: bool = True) -> dict[str, Path]:
-    """`sacae eval` without the CLI (the demo calls it too); returns the report's paths."""
+    """`sacae eval` without the CLI (the demo calls it too); returns the report's paths.
+
+    Ctrl-C (or SIGTERM under the CLI) ends it on what was done: each policy's video holds the frames
+    seen, the report the conditions that every policy begun finished (full episode counts, so no
+    cell is a partial mean); then the interrupt is raised again."""
     from sacae_deploy import evaluation as E
     from sacae_deploy.policy import Policy
     from sacae_deploy.video import write_video
 
+    check_output_dir(out, "--out")
     conditions = E.check_conditions(distractors.split(","))
     loaded = [Policy.load(p, device=device) for p in policies]
     env_name = env or loaded[0].env
     for pol in loaded:
         if pol.env != env_name:
             typer.echo(f"warning: {pol.path} was trained on {pol.env}, evaluating it on {env_name}", err=True)
+    from train.config import check_render_size
     from train.envs import check_env_name  # dm_control, no torch
 
     check_env_name(env_name)
+    for pol in loaded:
+        if pol.image_size:
+            check_render_size(pol.image_size)
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
     names = [E.policy_name(pol.path, taken) for pol in loaded]
     results: list[E.ConditionResult] = []
+    stop: KeyboardInterrupt | None = None
     with _progress("eval") as bar:
         task = bar.add_task("", total=len(loaded) * len(conditions) * episodes)
-        for name, pol in zip(names, loaded):
-            clips: list[list[Any]] = []
-            for cond in conditions:
-                bar.update(task, description=f"{name} / {cond}")
-                frames: list[Any] | None = [] if video else None
-                returns = E.run_episodes(pol, env_name, cond, episodes, seed, video=frames,
-                                         on_episode=lambda _r: bar.advance(task))
-                results.append(E.ConditionResult(name, pol.algo, env_name, cond, returns))
-                typer.echo(f"{name:>16} {cond:>6}: {results[-1].mean:8.1f} ± {results[-1].std:.1f}", err=True)
-                if frames:
-                    clips.append(frames)
-            if clips:
-                write_video(out / "videos" / f"{name}.gif", E.side_by_side(clips), fps=E.fps_of(pol))
-    paths = E.write_report(out, results, conditions, episodes, seed)
+        try:
+            for name, pol in zip(names, loaded):
+                clips: list[list[Any]] = []
+                try:
+                    for cond in conditions:
+                        bar.update(task, description=f"{name} / {cond}")
+                        frames: list[Any] | None = [] if video else None
+                        if frames is not None:
+                            clips.append(frames)  # filled as the episode runs: an interrupted one is shown too
+                        failures: list[str] = []
+                        returns = E.run_episodes(pol, env_name, cond, episodes, seed, video=frames,
+                                                 on_episode=lambda _r: bar.advance(task), failures=failures)
+                        results.append(E.ConditionResult(name, pol.algo, env_name, cond, returns, failures))
+                        typer.echo(f"{name:>16} {cond:>6}: {results[-1].cell()}", err=True)
+                        for why in failures:  # a failed episode is reported, not fatal: the next one runs
+                            typer.echo(f"warning: {name} / {cond}: {why}", err=True)
+                finally:
+                    seen = [clip for clip in clips if clip]
+                    if seen:
+                        write_video(out / "videos" / f"{name}.gif", E.side_by_side(seen), fps=E.fps_of(pol))
+        except KeyboardInterrupt as exc:
+            stop = exc
+    if stop is not None:
+        done = {(r.policy, r.condition) for r in results}
+        begun = {policy for policy, _ in done}
+        conditions = [c for c in conditions if begun and all((p, c) in done for p in begun)]
+        results = [r for r in results if r.condition in conditions]
+        typer.echo(f"interrupted: the report holds the conditions finished ({', '.join(conditions) or 'none'})",
+                   err=True)
+        if not results:
+            raise stop
+    with interrupts.held():
+        paths = E.write_report(out, results, conditions, episodes, seed)
     typer.echo(paths["markdown"].read_text())
     typer.echo(f"wrote {paths['markdown']}, {paths['json']}, {paths['plot']}"
                + (f" and {out / 'videos'}/*.gif ({' | '.join(conditions)})" if video else ""))
+    if stop is not None:
+        raise stop
     return paths

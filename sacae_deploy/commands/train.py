@@ -10,6 +10,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from sacae_deploy.contract import MAX_SEED
+from sacae_deploy.files import LOCK_NAME
+from train.config import bounds_help
 
 
 class Algo(str, Enum):
@@ -43,9 +45,11 @@ FLAG_KEYS = {"algo": "--algo", "env": "--env", "env_steps": "--env-steps", "seed
 def resolve_run(algo: str, env: str, out: Path, env_steps: int | None, seed: int | None, preset: str,
                 sets: list[str], device: str | None, resume: bool, distractors: str | None = None) -> Any:
     """Validate everything a user typed and return the fully resolved config (nothing heavy is built)."""
+    from sacae_deploy.outputs import check_output_dir
     from train import config as C
     from train.envs import check_env_name
 
+    check_output_dir(out, "--out")
     overrides: dict[str, Any] = dict(C.parse_sets(sets))
     flags = {"algo": algo, "env": env, "env_steps": env_steps, "seed": seed, "device": device, "distractors": distractors}
     for key, value in flags.items():
@@ -66,7 +70,7 @@ def resolve_run(algo: str, env: str, out: Path, env_steps: int | None, seed: int
         if saved_algo != algo or saved_env != env:
             raise C.ConfigError(f"{out} holds a {saved_algo} run on {saved_env}; cannot resume it as {algo} on {env}")
         return C.resolve(algo, preset, base, **overrides)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         if resume:
             raise C.ConfigError(f"{out} is not empty but has no config.json to resume from")
         raise C.ConfigError(f"{out} is not empty; pass --resume to continue that run or choose a new --out")
@@ -116,7 +120,8 @@ def register(app: typer.Typer) -> None:
         env_steps: Annotated[Optional[int], typer.Option(help="Environment steps to train for (the papers' unit; default: the preset's).")] = None,
         seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_SEED, help="Seed for networks, replay sampling and environments.")] = None,
         preset: Annotated[Preset, typer.Option(help="paper: the published hyper-parameters; smoke: tiny, for tests.")] = Preset.paper,
-        set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field, KEY=VALUE (repeatable).")] = None,
+        set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config field, KEY=VALUE (repeatable). "
+                                                                        f"Sizes are at most: {bounds_help()}.")] = None,
         device: Annotated[Optional[Device], typer.Option(help="Where to train (default: auto, CUDA when torch sees it).")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
         video: Annotated[bool, typer.Option("--video", help="Save an mp4 of one eval episode at every evaluation.")] = False,
