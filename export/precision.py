@@ -36,6 +36,7 @@ CALIBRATION_SEED = 10_000  # fresh calibration episodes start here, away from th
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Relu"]
 
 GATE_EPISODES = 10  # `sacae eval`'s default episode count
+PROBE_IR_VERSION = 8  # the bf16 probe's graphs: an IR version every onnxruntime that reads opset 18 reads
 
 Inputs = dict[str, np.ndarray]
 
@@ -247,26 +248,36 @@ def to_fp16(src: Path, dst: Path) -> None:
 
 def bf16_unsupported() -> str | None:
     """Why onnxruntime's CPU provider cannot run a bfloat16 policy natively, or None if it can:
-    probed with one-node bfloat16 Conv and Gemm graphs at the contract's opset."""
+    probed with one-node bfloat16 Conv and Gemm graphs at the contract's opset, each beside the same
+    graph in float32 (which must load, or the probe itself is broken)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    bf16 = TensorProto.BFLOAT16
-    missing = []
-    for op, x, w in (("Conv", [1, 1, 4, 4], [1, 1, 3, 3]), ("Gemm", [2, 3], [3, 2])):
+    def load(op: str, dtype: int, x: list[int], w: list[int]) -> str | None:
         graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], op,
-                                  [helper.make_tensor_value_info("x", bf16, x), helper.make_tensor_value_info("w", bf16, w)],
-                                  [helper.make_tensor_value_info("y", bf16, None)])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", C.OPSET)])
+                                  [helper.make_tensor_value_info("x", dtype, x), helper.make_tensor_value_info("w", dtype, w)],
+                                  [helper.make_tensor_value_info("y", dtype, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", C.OPSET)], ir_version=PROBE_IR_VERSION)
         try:
             ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's pybind error classes
-            kind = "not a valid type" if "INVALID_GRAPH" in str(exc) else "no kernel"
-            missing.append(f"{op}: {kind}")
+            return str(exc)
+        return None
+
+    missing = []
+    for op, x, w in (("Conv", [1, 1, 4, 4], [1, 1, 3, 3]), ("Gemm", [2, 3], [3, 2])):
+        control = load(op, TensorProto.FLOAT, x, w)
+        if control is not None:
+            raise ExportError(f"the bfloat16 probe is broken: a float32 {op} does not load ({control.splitlines()[0][:120]})")
+        error = load(op, TensorProto.BFLOAT16, x, w)
+        if error is not None:
+            missing.append(f"{op}: " + ("no bfloat16 kernel" if "NOT_IMPLEMENTED" in error
+                                        else "bfloat16 is not one of its types" if "INVALID_GRAPH" in error
+                                        else error.splitlines()[0][:80]))
     if not missing:
         return None
     return (f"onnxruntime {ort.__version__}'s CPU provider cannot run bfloat16 natively at opset "
-            f"{C.OPSET} ({', '.join(missing)})")
+            f"{C.OPSET} ({'; '.join(missing)})")
 
 
 def check_interface(reference: Path, variant: Path) -> None:

@@ -71,11 +71,12 @@ def test_report_numbers_equal_a_hand_computation(synthetic_sweep: Path) -> None:
     assert row["unfinished"] == [3]
     walker = next(r for r in doc["rows"] if r["env"] == "walker-run")
     assert walker["references"] == [] and walker["mean"] == 77.0 and walker["std"] is None  # one seed, no reference
+    assert not walker["partial"]  # finished: its eval at 90k is its nearest to 100k
     assert doc["not_started"] == ["sac-ae/walker-run/seed_2"]
     out = synthetic_sweep / "report"
     md = (out / "results.md").read_text()
     assert "| sac-ae | cartpole-swingup | 100,000 | 50,000–100,000 | 3 | 263.3 ± 100.2 |" in md
-    assert "311 ± 11 (curl) | 0.85 |" in md
+    assert row["partial"] and "311 ± 11 (curl) | (0.85) |" in md  # seed 3 stopped short of 100k
     assert "unfinished: sac-ae cartpole-swingup seed 3 (checkpoint at 60,000 of 100,000 env steps; last eval at 50,000)" in md
     assert "not started: sac-ae/walker-run/seed_2" in md and "- curl: Srinivas" in md
     with open(out / "results.csv") as fh:

@@ -149,6 +149,8 @@ def summarize(logs: list[TrialLog], at_steps: list[int], references: dict[str, A
                 "ci95": list(bootstrap_ci(values)) if values.size else None,
                 "unfinished": [t.seed for t in seeds if not t.finished],
             }
+            # an unfinished seed whose newest eval is short of `at`: the ratio compares an earlier point
+            row["partial"] = bool(row["unfinished"]) and row["step_min"] is not None and row["step_min"] < at
             row["references"] = [
                 {**{k: r[k] for k in ("source", "mean", "std")}, **({"note": r["note"]} if "note" in r else {}),
                  "ratio": row["mean"] / r["mean"] if row["mean"] is not None and r["mean"] else None}
@@ -180,11 +182,14 @@ def to_markdown(rows: list[dict[str, Any]], logs: list[TrialLog], missing: list[
         refs = row["references"]
         ref_text = " / ".join(f"{_num(r['mean'], 0)} ± {_num(r['std'], 0)} ({r['source']})" for r in refs) or "–"
         ratio = " / ".join(_num(r["ratio"], 2) for r in refs) or "–"
+        ratio = f"({ratio})" if refs and row["partial"] else ratio
         ci = f"[{_num(row['ci95'][0])}, {_num(row['ci95'][1])}]" if row["ci95"] else "–"
         sd = f" ± {_num(row['std'])}" if row["std"] is not None else ""
         lines.append(f"| {row['algo']} | {row['env']} | {row['at']:,} | {_step_text(row)} | {row['n']} | "
                      f"{_num(row['mean'])}{sd} | {ci} | {ref_text} | {ratio} |")
     unfinished = [t for t in logs if not t.finished]
+    if any(row["partial"] for row in rows):
+        lines += ["", "(ratio): unfinished seeds have not reached that step yet; the ratio compares an earlier eval."]
     lines += ["", f"Trials: {len(logs)} found, {len(logs) - len(unfinished)} finished."]
     if unfinished or missing:
         lines.append("")
@@ -235,7 +240,7 @@ def plot_curves(logs: list[TrialLog], references: dict[str, Any], path: Path) ->
             ax.plot(x, mean, color=colors[algo], label=f"{algo} ({len(runs)} seeds)")
             ax.fill_between(x, mean - sd, mean + sd, color=colors[algo], alpha=0.2)
             for ref in (r for r in references["references"] if (r["algo"], r["env"]) == (algo, env)):
-                if ref["step"] <= max(x.max(), 1) * 1.05:
+                if ref["step"] <= max(t.env_steps for t in runs):  # within what the runs set out to do
                     ax.errorbar([ref["step"]], [ref["mean"]], yerr=[ref["std"]], color=colors[algo],
                                 marker="x" if ref["source"] == "curl" else "D", capsize=3, linestyle="none",
                                 label=f"{algo}: {ref['source']}")

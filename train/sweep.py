@@ -223,6 +223,10 @@ def start_ray(spec: SweepSpec) -> None:
         for key, value in QUIET_RAY_ENV.items():
             os.environ.setdefault(key, value)
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"  # trials use absolute paths; keep the user's cwd
+    if not spec.address:
+        # Ray starts its workers at nice 15; a trial is the work itself, and at nice 15 it got ~6% of a
+        # core beside ordinary processes on a shared machine (a cluster's own setting rules there).
+        os.environ.setdefault("RAY_worker_niceness", "0")
     has_token = os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists()
     if spec.address and has_token:
         os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.60 sends its token to a cluster only in token mode
