@@ -1,6 +1,9 @@
 # Two entry points, both doing all set-up on a fresh machine:
 #   make demo   - train a short SAC+AE run on cartpole-swingup and evaluate it
-#   make test   - run the test suite
+#   make test   - run the test suite (all of it, integration tests included)
+# and, for development:
+#   make test-fast - the unit tests only (-m "not integration": no subprocesses, training or exports)
+#   make lint      - ruff (pyflakes, pycodestyle, import order, docstrings; config in pyproject.toml)
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[train,dev]'
 	touch $(STAMP)
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test test-fast lint bench
 setup: $(STAMP)
 
 demo: $(STAMP)
@@ -23,6 +26,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not integration"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do $(VENV)/bin/python $$b; done

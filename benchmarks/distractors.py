@@ -25,8 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distractors import BallDistractor, DistractorCompositor, background_mask_from_segmentation, composite  # noqa: E402
 from machine import cpu_name  # noqa: E402
+
+from distractors import BallDistractor, DistractorCompositor, background_mask_from_segmentation, composite  # noqa: E402
 
 TARGET_MS = 0.3
 

@@ -121,7 +121,7 @@ def eval_seeds(cfg: Any, env_step: int) -> list[int]:
 
 def baseline_env(cfg: Any, pixels: bool) -> Any:
     """The eval env as the workspace builds it (pixels), or the same task without rendering."""
-    from train.envs import make_env
+    from sacae_deploy.sim.envs import make_env
     from train.workspace import EVAL_SEED_OFFSET, build_env
 
     if pixels:
@@ -201,7 +201,7 @@ def differs_from_paper(cfg: Any) -> dict[str, str]:
 def resolve_config(algo: str, env: str, seed: int, env_steps: int, out: Path, resume: bool,
                    preset: str = "paper", extra: list[str] | None = None) -> Any:
     """The run's config as `sacae train --algo ALGO --env ENV --seed S --env-steps N --set SCALE...` resolves it."""
-    from sacae_deploy.commands.train import resolve_run
+    from train.runs import resolve_run
 
     sets = [f"{k}={v}" for k, v in scale_overrides(algo, preset, extra).items()]
     return resolve_run(algo, env, out, env_steps, seed, preset, sets, "cpu", resume)

@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
+from machine import StealMeter, cpu_name  # noqa: E402
 from torch import nn  # noqa: E402
 
 from export import PrecisionOptions, export_agent  # noqa: E402
@@ -47,7 +50,6 @@ from sacae_deploy import Policy  # noqa: E402
 from sacae_deploy.errors import SacaeError  # noqa: E402
 from train import config as TC  # noqa: E402
 from train.workspace import make_agent  # noqa: E402
-from machine import StealMeter, cpu_name  # noqa: E402
 
 THREADS = 2
 BLOCK = 250  # steps per interleaved block
@@ -71,7 +73,7 @@ class Interface:
 def agent(algo: str, obs_shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
     """A paper-size agent with random weights in the export layout, its config and env facts."""
     torch.manual_seed(0)
-    cfg = dataclasses.replace(TC.resolve(algo, "paper", env="cheetah-run"), channels_last=False, bf16=False)
+    cfg = dataclasses.replace(TC.resolve(algo, "paper", env="cheetah-run"), backend="plain", bf16=False)
     facts = env_facts(cfg)
     net = make_agent(cfg, obs_shape, facts.action_dim, torch.device("cpu"))
     net.train_mode(False)
@@ -81,8 +83,9 @@ def agent(algo: str, obs_shape: tuple[int, ...]) -> tuple[Any, Any, Any]:
 def plain_session(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> Callable[[], None]:
     """torch.onnx.export as it stands, and a call of `session.run` on `args` as numpy."""
     names = [f"in{i}" for i in range(len(args))]
-    with torch.no_grad():
-        torch.onnx.export(module.eval(), args, str(path), input_names=names)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), args, str(path), input_names=names, verbose=False)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -206,6 +209,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=300, help="int8 calibration decisions")
     parser.add_argument("--no-slac", action="store_true", help="skip the SLAC graphs")
     args = parser.parse_args()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporters' registry notes
     load_start = os.getloadavg()[0]
     steal = StealMeter()
     report: dict[str, Any] = {"benchmark": "policy_latency", "cpu": cpu_name(), "cores": os.cpu_count(),

@@ -22,8 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from train.replay import FrameReplay  # noqa: E402
 from machine import describe  # noqa: E402
+
+from train.replay import FrameReplay  # noqa: E402
 
 FRAME = (3, 84, 84)
 STACK = 3

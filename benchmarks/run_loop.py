@@ -47,7 +47,7 @@ from export.metadata import env_facts
 from train.config import resolve
 from train.sac import SacAgent
 torch.manual_seed(0)
-cfg = resolve("sac-ae", "paper", env=sys.argv[2], channels_last=False)
+cfg = resolve("sac-ae", "paper", env=sys.argv[2], backend="plain")
 agent = SacAgent(cfg, (3 * cfg.frame_stack, cfg.image_size, cfg.image_size), 1, torch.device("cpu"))
 agent.train_mode(False)
 export_agent(agent, cfg, env_facts(cfg), Path(sys.argv[1]))

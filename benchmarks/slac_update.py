@@ -3,19 +3,22 @@ one SAC update (256 windows), this implementation against a naive variant measur
 
     .venv/bin/python benchmarks/slac_update.py [--steps 16] [--threads 2] [--episodes 100] [--bf16] [--device cuda]
 
-naive:       what the reference PyTorch port does: NCHW float32 convolutions everywhere (the 1x1-output
-             layers as convolutions too, PyTorch's own transposed-conv backward), each window's 9
-             frames encoded once, all 2,304 frames of the SAC batch in one pass, Adam's for-loop, and
-             glibc left to return activation buffers to the OS after each update (as that port runs);
+naive:       what the reference PyTorch port does: backend plain (NCHW float32 convolutions everywhere,
+             the 1x1-output layers as convolutions too, PyTorch's own transposed-conv backward, Adam's
+             for-loop), each window's 9 frames encoded once, and, set here (benchmark-only agent
+             attributes), all 2,304 frames of the SAC batch in one pass, every window position's
+             frame; glibc left to return activation buffers to the OS after each update (as that
+             port runs);
 naive_tuned: the same with this project's allocator setting, to show how much of the gap that is;
-optimized:   the agent's defaults, the same math: channels_last convolutions, the 1x1-output layers
-             as the GEMMs they are, transposed-conv gradients as convolutions, each conv's leaky
-             ReLU fused into it (with and without grad), the decoder's RGB output layer as a
-             sub-pixel conv, no-grad encoding in chunks of 512 frames, each distinct frame of the
-             SAC batch's overlapping windows gathered from the replay and encoded once (their share
-             depends on the replay's size: `--episodes`), each frame converted once, in-place
-             activation gradients, fused Adam, tuned allocator; on a GPU each
-             update replays as one CUDA graph (which encodes every window position).
+optimized:   the agent's defaults (backend auto: fast-cpu), the same math: channels_last
+             convolutions, the 1x1-output layers as the GEMMs they are, transposed-conv gradients
+             as convolutions, each conv's leaky ReLU fused into it (with and without grad), the
+             decoder's RGB output layer as a sub-pixel conv, no-grad encoding in chunks of 512
+             frames, each distinct frame of the SAC batch's overlapping windows gathered from the
+             replay and encoded once (their share depends on the replay's size: `--episodes`), each
+             frame converted once, in-place activation gradients, fused Adam, tuned allocator; on a
+             GPU (backend auto: plain) each update replays as one CUDA graph (which encodes every
+             window position).
 Each variant runs in its own process (the allocator setting is process-wide) and the variants run
 in lockstep (benchmarks/lockstep.py: step i of every variant back to back, the order rotating), so a
 burst of CPU steal slows one step's variants alike; the speedup is the median of the per-step
@@ -36,24 +39,22 @@ import os
 import statistics
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 # The repository root goes first: this folder's distractors.py would otherwise shadow the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train import config as C  # noqa: E402
-from train.replay import FrameReplay  # noqa: E402
-from train.slac import SlacAgent  # noqa: E402
-from train.slac_model import DenseConv2d, DenseConvTranspose2d, UpConv2d  # noqa: E402
-from train.torch_utils import tune_allocator  # noqa: E402
 import lockstep  # noqa: E402
 from lockstep import serve  # noqa: E402
 from machine import StealMeter, cpu_name  # noqa: E402
+
+from train import config as C  # noqa: E402
+from train.replay import FrameReplay  # noqa: E402
+from train.slac import SlacAgent  # noqa: E402
+from train.torch_utils import tune_allocator  # noqa: E402
 
 ENV, ACTION_DIM = "cheetah-run", 6
 
@@ -73,20 +74,15 @@ def make_replay(rng: np.random.Generator, device: torch.device, episodes: int = 
 
 def make_agent(variant: str, device: torch.device) -> SlacAgent:
     """The variant's agent; built right after torch.manual_seed(0), every variant has the same weights."""
-    overrides: dict[str, Any] = {"naive": dict(channels_last=False, encode_chunk=0, distinct_frames=False,
-                                           cuda_graphs=False), "optimized": {},
+    overrides: dict[str, Any] = {"naive": dict(backend="plain"), "optimized": {},
                                  "optimized_bf16": dict(bf16=True)}[variant.removesuffix("_tuned")]
     cfg = C.resolve("slac", "paper", env=ENV, **overrides)
     agent = SlacAgent(cfg, (3, 64, 64), ACTION_DIM, device)  # type: ignore[arg-type]
-    if variant.startswith("naive"):  # the reference's layers and optimizer: plain convolutions, Adam's for-loop
-        for m in agent.model.modules():
-            if isinstance(m, DenseConv2d):
-                m.forward = types.MethodType(nn.Conv2d.forward, m)  # type: ignore[method-assign]
-            elif isinstance(m, (DenseConvTranspose2d, UpConv2d)):
-                m.forward = types.MethodType(nn.ConvTranspose2d.forward, m)  # type: ignore[method-assign]
-        for name, opt in agent.optimizers().items():
-            setattr(agent, name, torch.optim.Adam(opt.param_groups[0]["params"], lr=opt.param_groups[0]["lr"],
-                                                  foreach=False))
+    if variant.startswith("naive"):  # the reference's passes: one encoder pass, every window position
+        agent.encode_chunk = None
+        agent.distinct_frames = False
+        agent.graphs = False
+        agent._model_step.enabled = agent._sac_step.enabled = False
     return agent
 
 
@@ -197,7 +193,7 @@ def main() -> None:
         "threads": args.threads,
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
-        "torch": torch.__version__,
+        "torch": torch.version.__version__,
         "cpu_steal": steal.fraction(),  # CPU time the hypervisor gave to other guests
         "wall_s": round(time.perf_counter() - t_start, 1),
     }

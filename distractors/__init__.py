@@ -1,13 +1,15 @@
 """Moving-ball distractor backgrounds (SAC+AE section 5.2, figure 7), numpy only.
 
 BallDistractor simulates and draws the balls; composite.py turns a MuJoCo segmentation render
-(or a colour key) into a background mask and pastes the balls behind the robot.
+(or a colour key) into a background mask and pastes the balls behind the robot; frames.py says
+what a camera frame is (the runtime holds frames to it too). The lowest layer: imports no other
+part of the project.
 """
 
 from .balls import DEFAULT_PALETTE, BallDistractor, BallOptions
 from .composite import (
-    DistractorCompositor,
     DISTRACTORS,
+    DistractorCompositor,
     SimulatedBackground,
     background_mask_from_segmentation,
     colour_key_mask,

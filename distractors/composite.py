@@ -12,15 +12,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .balls import BallDistractor, BallOptions
+from .frames import check_frame
 
 # mujoco.mjtObj.mjOBJ_GEOM: the object type MuJoCo writes in a segmentation render's second
 # channel for geom pixels. Kept as a constant so this module needs no mujoco import.
 OBJ_GEOM = 5
-
-
-def _check_frame(name: str, frame: np.ndarray) -> None:
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"{name} must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
 
 
 def background_mask_from_segmentation(seg: np.ndarray, floor_geom_ids: Sequence[int] = ()) -> np.ndarray:
@@ -55,7 +51,7 @@ def colour_key_mask(frame: np.ndarray, key_rgb: Sequence[int], tolerance: int) -
     same 0..255 units as the image: 0 keys the exact colour only, ~40 absorbs the shading of a
     lit green screen.
     """
-    _check_frame("frame", frame)
+    check_frame(frame, "frame")
     if len(key_rgb) != 3 or any(not 0 <= int(c) <= 255 for c in key_rgb):
         raise ValueError(f"key_rgb must be an (r, g, b) triple in 0..255, got {key_rgb!r}")
     if tolerance < 0:
@@ -66,8 +62,8 @@ def colour_key_mask(frame: np.ndarray, key_rgb: Sequence[int], tolerance: int) -
 
 def composite(frame: np.ndarray, background: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """New uint8 frame: background where mask is True, frame (bit-exact) elsewhere."""
-    _check_frame("frame", frame)
-    _check_frame("background", background)
+    check_frame(frame, "frame")
+    check_frame(background, "background")
     if background.shape != frame.shape or mask.shape != frame.shape[:2] or mask.dtype != np.bool_:
         raise ValueError(f"frame {frame.shape}, background {background.shape} and bool mask "
                          f"{mask.shape} ({mask.dtype}) must share height and width")
@@ -127,7 +123,7 @@ DISTRACTORS = ("none", "balls")
 
 
 class SimulatedBackground:
-    """A frame renderer for dm_control environments (train.envs.PixelObservation's `render` hook):
+    """A frame renderer for dm_control environments (sacae_deploy.sim.envs.PixelObservation's `render` hook):
     one RGB and one segmentation render, moving balls pasted where no geom is seen.
 
     `reset(seed)` is called at every episode start, so each episode gets its own ball layout,

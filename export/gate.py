@@ -25,17 +25,16 @@ import numpy as np
 
 from export.precision import Inputs, recording_policy
 from export.verify import cpu_session
-from sacae_deploy import contract as C
+from sacae_deploy import contract
 
-DEFAULT_EPISODES = 10
 SEED = 0  # `sacae eval`'s default: episode e from seed e
 RETURN_FRACTION = 0.05
 ACTION_BOUND = 0.1  # of the action range, per dimension, at every decision
 
 
 def _number(x: float | None) -> float | None:
-    """A JSON-safe number: None for a missing, NaN or infinite one (a broken variant)."""
-    return round(x, 5) if x is not None and math.isfinite(x) else None
+    """A JSON-safe number to 4 significant digits: None for a missing, NaN or infinite one (a broken variant)."""
+    return float(f"{x:.4g}") if x is not None and math.isfinite(x) else None
 
 
 class ActionDiff:
@@ -47,8 +46,8 @@ class ActionDiff:
         self.diffs: list[np.ndarray] = []
 
     def add(self, inputs: Inputs) -> None:
-        want = self.reference.run([C.OUT_ACTION], inputs)[0][0]
-        self.diffs.append(np.abs(self.variant.run([C.OUT_ACTION], inputs)[0][0] - want) / self.span)
+        want = self.reference.run([contract.OUT_ACTION], inputs)[0][0]
+        self.diffs.append(np.abs(self.variant.run([contract.OUT_ACTION], inputs)[0][0] - want) / self.span)
 
     def stats(self) -> dict[str, Any]:
         d = np.stack(self.diffs)
@@ -85,9 +84,9 @@ class GateResult:
         return (f"gate ({self.precision}, {self.episodes} episodes of {self.env}): return "
                 f"{num(self.mean_variant, '.1f')} vs fp32 {num(self.mean_fp32, '.1f')} (tolerance "
                 f"±{num(self.return_tolerance, '.1f')}); action diff on the fp32 trajectories max "
-                f"{num(d['max'], '.4f')} mean {num(d['mean'], '.4f')} of the range (bound {self.action_bound}); "
-                f"tensor error on {t['decisions']} calibration decisions max {num(t['max'], '.4f')} "
-                f"mean {num(t['mean'], '.4f')}: {'passed' if self.passed else 'REFUSED'}")
+                f"{num(d['max'], '.2g')} mean {num(d['mean'], '.2g')} of the range (bound {self.action_bound}); "
+                f"tensor error on {t['decisions']} calibration decisions max {num(t['max'], '.2g')} "
+                f"mean {num(t['mean'], '.2g')}: {'passed' if self.passed else 'REFUSED'}")
 
 
 def return_tolerance(returns: list[float]) -> tuple[float, float]:
@@ -111,12 +110,14 @@ def run_gate(fp32: Path, variant: Path, precision: str, env: str, episodes: int,
                                 episode_length=episode_length)
     returns_variant = run_episodes(candidate, env, "none", episodes, SEED, episode_length=episode_length)
     action = trajectory.stats()
-    mean_fp32 = mean_variant = stderr = tolerance = None
-    if None not in returns_fp32 and None not in returns_variant:
-        stderr, tolerance = return_tolerance(returns_fp32)  # type: ignore[arg-type]
-        mean_fp32, mean_variant = float(np.mean(returns_fp32)), float(np.mean(returns_variant))  # type: ignore[arg-type]
-    passed = (tolerance is not None and abs(mean_variant - mean_fp32) <= tolerance  # type: ignore[operator]
-              and action["max"] is not None and action["max"] <= ACTION_BOUND)
-    return GateResult(precision, env, episodes, SEED, returns_fp32, returns_variant, _number(mean_fp32),
-                      _number(mean_variant), _number(stderr), _number(tolerance), ACTION_BOUND, action,
-                      tensor.stats(), passed)
+    done_fp32 = [r for r in returns_fp32 if r is not None]
+    done_variant = [r for r in returns_variant if r is not None]
+    stats: tuple[float | None, ...] = (None, None, None, None)  # means, stderr, tolerance
+    returns_ok = False
+    if len(done_fp32) == len(done_variant) == episodes:  # a failed episode (non-finite action) refuses
+        stderr, tolerance = return_tolerance(done_fp32)
+        mean_fp32, mean_variant = float(np.mean(done_fp32)), float(np.mean(done_variant))
+        stats, returns_ok = (mean_fp32, mean_variant, stderr, tolerance), abs(mean_variant - mean_fp32) <= tolerance
+    passed = returns_ok and action["max"] is not None and action["max"] <= ACTION_BOUND
+    return GateResult(precision, env, episodes, SEED, returns_fp32, returns_variant, *map(_number, stats),
+                      ACTION_BOUND, action, tensor.stats(), passed)

@@ -19,7 +19,9 @@ from torch import nn
 
 from export.errors import ExportError
 from export.metadata import EnvFacts
-from sacae_deploy import contract as C
+from sacae_deploy import contract
+from sacae_deploy.actions import ActionBounds, to_agent_units, to_env_units
+from sacae_deploy.history import start_history
 
 Inputs = dict[str, np.ndarray]
 
@@ -42,33 +44,37 @@ class GraphSpec:
 
 
 class ToBounds(nn.Module):
-    """Map a tanh action from [-1, 1] to the env's [low, high], as DMCEnv.step does; a no-op (no
-    graph node at all) when the bounds are [-1, 1], as for every DeepMind Control task."""
+    """Map a tanh action from [-1, 1] to the env's [low, high] with `ActionBounds`' own formula and
+    numbers (as DMCEnv.step does); a no-op (no graph node at all) when the bounds are [-1, 1], as for
+    every DeepMind Control task."""
 
     def __init__(self, low: np.ndarray, high: np.ndarray) -> None:
         super().__init__()
-        self.identity = bool(np.all(low == -1.0) and np.all(high == 1.0))
-        self.register_buffer("scale", torch.as_tensor((high - low) / 2.0, dtype=torch.float32))
-        self.register_buffer("offset", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
+        bounds = ActionBounds(low, high)
+        self.identity = bounds.identity
+        self.register_buffer("scale", torch.as_tensor(bounds.scale))
+        self.register_buffer("offset", torch.as_tensor(bounds.offset))
 
     def forward(self, action: torch.Tensor) -> torch.Tensor:
-        return action if self.identity else action * self.scale + self.offset
+        return action if self.identity else to_env_units(action, self.scale, self.offset)
 
     def inverse(self, action: torch.Tensor) -> torch.Tensor:
         """Env-unit actions (what a caller passes back) -> the agent's [-1, 1] units."""
-        return action if self.identity else (action - self.offset) / self.scale
+        return action if self.identity else to_agent_units(action, self.scale, self.offset)
+
+
+def action_bounds(facts: EnvFacts) -> ActionBounds:
+    return ActionBounds(facts.action_low, facts.action_high)
 
 
 def env_bounds(action: np.ndarray, facts: EnvFacts) -> np.ndarray:
-    """The reference mapping, written as DMCEnv.step writes it."""
-    low, high = np.asarray(facts.action_low, np.float32), np.asarray(facts.action_high, np.float32)
-    return low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
+    """The reference mapping: DMCEnv.step's."""
+    return action_bounds(facts).to_env(action)
 
 
 def agent_units(action: np.ndarray, facts: EnvFacts) -> np.ndarray:
     """env_bounds' inverse, for actions a caller feeds back into a history."""
-    low, high = np.asarray(facts.action_low, np.float32), np.asarray(facts.action_high, np.float32)
-    return ((action - low) / (high - low) * 2.0 - 1.0).astype(np.float32)
+    return action_bounds(facts).to_unit(action)
 
 
 class RawPixelConvs(nn.Module):
@@ -92,7 +98,7 @@ class RawPixelConvs(nn.Module):
 
 
 def _bounds(facts: EnvFacts) -> ToBounds:
-    return ToBounds(np.asarray(facts.action_low, np.float32), np.asarray(facts.action_high, np.float32))
+    return ToBounds(np.asarray(facts.action_low), np.asarray(facts.action_high))
 
 
 class FrameStackPolicy(nn.Module):
@@ -145,13 +151,13 @@ def frame_stack_spec(agent: Any, cfg: Any, facts: EnvFacts) -> GraphSpec:
     example = torch.randint(0, 256, (2, k, size, size, 3), dtype=torch.uint8)
 
     def sample(rng: np.random.Generator, batch: int) -> Inputs:
-        return {C.IN_FRAMES: rng.integers(1, 256, (batch, k, size, size, 3), dtype=np.uint8)}
+        return {contract.IN_FRAMES: rng.integers(1, 256, (batch, k, size, size, 3), dtype=np.uint8)}
 
     def reference(inputs: Inputs) -> list[np.ndarray]:
-        return _actor_mean(agent.actor, training_stack(inputs[C.IN_FRAMES]), facts)
+        return _actor_mean(agent.actor, training_stack(inputs[contract.IN_FRAMES]), facts)
 
-    return GraphSpec(module.eval(), C.I_FRAME_STACK, (C.IN_FRAMES,), (C.OUT_ACTION,), (example,), True,
-                     frame_stack=k, image_size=size, sample=sample, reference=reference)
+    return GraphSpec(module.eval(), contract.I_FRAME_STACK, (contract.IN_FRAMES,), (contract.OUT_ACTION,), (example,),
+                     True, frame_stack=k, image_size=size, sample=sample, reference=reference)
 
 
 def state_spec(agent: Any, cfg: Any, facts: EnvFacts) -> GraphSpec:
@@ -161,14 +167,14 @@ def state_spec(agent: Any, cfg: Any, facts: EnvFacts) -> GraphSpec:
     example = torch.randn(2, s)
 
     def sample(rng: np.random.Generator, batch: int) -> Inputs:
-        return {C.IN_STATE: (rng.standard_normal((batch, s)) + 0.5).astype(np.float32)}
+        return {contract.IN_STATE: (rng.standard_normal((batch, s)) + 0.5).astype(np.float32)}
 
     def reference(inputs: Inputs) -> list[np.ndarray]:
-        return _actor_mean(agent.actor, inputs[C.IN_STATE], facts)
+        return _actor_mean(agent.actor, inputs[contract.IN_STATE], facts)
 
-    return GraphSpec(module.eval(), C.I_STATE, (C.IN_STATE,), (C.OUT_ACTION,), (example,), True,
+    return GraphSpec(module.eval(), contract.I_STATE, (contract.IN_STATE,), (contract.OUT_ACTION,), (example,), True,
                      frame_stack=1, image_size=None, sample=sample, reference=reference,
-                     metadata={C.K_STATE_DIM: str(s)})
+                     metadata={contract.K_STATE_DIM: str(s)})
 
 
 class _SlacPolicy(nn.Module):
@@ -197,14 +203,16 @@ class SlacStatelessPolicy(_SlacPolicy):
 class SlacStatefulPolicy(_SlacPolicy):
     """SLAC, one frame per call (batch 1): the newest frame is encoded once and the caller carries
     the previous H-1 features and actions (agent units) between calls. With reset=1 the caches are
-    replaced by the padding rule: the newest frame's features H-1 times and zero actions."""
+    replaced by the padding rule (`start_history`: the newest frame's features H times, H-1 zero
+    actions), of which the caches hold the H-1 oldest frames."""
 
     def forward(self, frame: torch.Tensor, feature_cache: torch.Tensor, action_cache: torch.Tensor,
                 reset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feature = self.encode(frame.permute(0, 3, 1, 2))[:, None]  # (1, 1, F)
         fresh = reset[:, :, None] > 0.5
-        features = torch.cat([torch.where(fresh, feature.expand_as(feature_cache), feature_cache), feature], dim=1)
-        actions = torch.where(fresh, torch.zeros_like(action_cache), action_cache)
+        padded, no_actions = start_history(feature, feature_cache.shape[1] + 1, action_cache.shape[2])
+        features = torch.cat([torch.where(fresh, torch.cat(padded[:-1], dim=1), feature_cache), feature], dim=1)
+        actions = torch.where(fresh, torch.as_tensor(no_actions).to(action_cache), action_cache)
         action = self.actor(features, actions)
         return self.bounds(action), features[:, 1:], torch.cat([actions[:, 1:], action[:, None]], dim=1)
 
@@ -224,42 +232,44 @@ def slac_spec(agent: Any, cfg: Any, facts: EnvFacts, history: str) -> GraphSpec:
 
     if history == "stateless":
         def sample(rng: np.random.Generator, batch: int) -> Inputs:
-            return {C.IN_FRAMES: rng.integers(1, 256, (batch, h, size, size, 3), dtype=np.uint8),
-                    C.IN_ACTIONS: rng.uniform(low, high, (batch, h - 1, a)).astype(np.float32)}
+            return {contract.IN_FRAMES: rng.integers(1, 256, (batch, h, size, size, 3), dtype=np.uint8),
+                    contract.IN_ACTIONS: rng.uniform(low, high, (batch, h - 1, a)).astype(np.float32)}
 
         def reference(inputs: Inputs) -> list[np.ndarray]:
             return [np.stack([training_act(fr.transpose(0, 3, 1, 2), agent_units(ac, facts))
-                              for fr, ac in zip(inputs[C.IN_FRAMES], inputs[C.IN_ACTIONS])])]
+                              for fr, ac in zip(inputs[contract.IN_FRAMES], inputs[contract.IN_ACTIONS])])]
 
         example = (torch.randint(0, 256, (2, h, size, size, 3), dtype=torch.uint8), torch.rand(2, h - 1, a) * 2 - 1)
-        return GraphSpec(SlacStatelessPolicy(encoder, actor, _bounds(facts)).eval(), C.I_SLAC_STATELESS,
-                         (C.IN_FRAMES, C.IN_ACTIONS), (C.OUT_ACTION,), example, True, frame_stack=h,
-                         image_size=size, sample=sample, reference=reference)
+        return GraphSpec(SlacStatelessPolicy(encoder, actor, _bounds(facts)).eval(), contract.I_SLAC_STATELESS,
+                         (contract.IN_FRAMES, contract.IN_ACTIONS), (contract.OUT_ACTION,), example, True,
+                         frame_stack=h, image_size=size, sample=sample, reference=reference)
 
     def sample_one(rng: np.random.Generator, batch: int) -> Inputs:
-        return {C.IN_FRAME: rng.integers(1, 256, (1, size, size, 3), dtype=np.uint8),
-                C.IN_FEATURE_CACHE: rng.standard_normal((1, h - 1, f)).astype(np.float32),
-                C.IN_ACTION_CACHE: rng.uniform(-1, 1, (1, h - 1, a)).astype(np.float32),
-                C.IN_RESET: np.full((1, 1), float(rng.integers(0, 2)), np.float32)}
+        return {contract.IN_FRAME: rng.integers(1, 256, (1, size, size, 3), dtype=np.uint8),
+                contract.IN_FEATURE_CACHE: rng.standard_normal((1, h - 1, f)).astype(np.float32),
+                contract.IN_ACTION_CACHE: rng.uniform(-1, 1, (1, h - 1, a)).astype(np.float32),
+                contract.IN_RESET: np.full((1, 1), float(rng.integers(0, 2)), np.float32)}
 
     def reference_one(inputs: Inputs) -> list[np.ndarray]:
         """The cache semantics spelled out with the training modules (the rollout check then ties
         the stateful graph to SlacAgent's own HistoryPolicy)."""
-        frame = inputs[C.IN_FRAME][0].transpose(2, 0, 1)
+        frame = inputs[contract.IN_FRAME][0].transpose(2, 0, 1)
         with torch.no_grad():
             feature = encoder(torch.as_tensor(frame[None])).numpy()  # (1, F)
-        if inputs[C.IN_RESET][0, 0] > 0.5:
-            feats, acts = np.repeat(feature, h, axis=0), np.zeros((h - 1, a), np.float32)
+        if inputs[contract.IN_RESET][0, 0] > 0.5:
+            padded, acts = start_history(feature, h, a)
+            feats = np.concatenate(padded)
         else:
-            feats, acts = np.concatenate([inputs[C.IN_FEATURE_CACHE][0], feature]), inputs[C.IN_ACTION_CACHE][0]
+            feats = np.concatenate([inputs[contract.IN_FEATURE_CACHE][0], feature])
+            acts = inputs[contract.IN_ACTION_CACHE][0]
         with torch.no_grad():
             action = actor(torch.as_tensor(feats)[None], torch.as_tensor(acts)[None]).numpy()
         return [env_bounds(action, facts), feats[None, 1:], np.concatenate([acts[1:], action])[None]]
 
     example = (torch.randint(0, 256, (1, size, size, 3), dtype=torch.uint8), torch.randn(1, h - 1, f),
                torch.rand(1, h - 1, a) * 2 - 1, torch.zeros(1, 1))
-    return GraphSpec(SlacStatefulPolicy(encoder, actor, _bounds(facts)).eval(), C.I_SLAC_STATEFUL,
-                     (C.IN_FRAME, C.IN_FEATURE_CACHE, C.IN_ACTION_CACHE, C.IN_RESET),
-                     (C.OUT_ACTION, C.OUT_FEATURE_CACHE, C.OUT_ACTION_CACHE), example, False, frame_stack=h,
-                     image_size=size, sample=sample_one, reference=reference_one,
-                     metadata={C.K_FEATURE_DIM: str(f)})
+    return GraphSpec(SlacStatefulPolicy(encoder, actor, _bounds(facts)).eval(), contract.I_SLAC_STATEFUL,
+                     (contract.IN_FRAME, contract.IN_FEATURE_CACHE, contract.IN_ACTION_CACHE, contract.IN_RESET),
+                     (contract.OUT_ACTION, contract.OUT_FEATURE_CACHE, contract.OUT_ACTION_CACHE), example, False,
+                     frame_stack=h, image_size=size, sample=sample_one, reference=reference_one,
+                     metadata={contract.K_FEATURE_DIM: str(f)})

@@ -7,7 +7,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sacae_deploy import __version__, contract as C
+from export.errors import ExportError
+from sacae_deploy import __version__, contract
+from sacae_deploy.errors import PolicyError
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class EnvFacts:
 
 def env_facts(cfg: Any) -> EnvFacts:
     """Build the run's DeepMind Control task (no rendering) and read its specs."""
-    from train.envs import DMCEnv
+    from sacae_deploy.sim.envs import DMCEnv
 
     env = DMCEnv(cfg.env, seed=0, episode_length=cfg.episode_length, camera_id=cfg.camera_id)
     try:
@@ -39,28 +41,36 @@ def policy_metadata(cfg: Any, facts: EnvFacts, *, interface: str, frame_stack: i
     """Every REQUIRED_KEYS entry plus provenance (training steps, exporter, opset, versions)."""
     pixels = image_size is not None
     meta = {
-        C.K_FORMAT: C.FORMAT_VERSION,
-        C.K_ALGO: cfg.algo,
-        C.K_ENV: cfg.env,
-        C.K_INTERFACE: interface,
-        C.K_ACTION_DIM: str(facts.action_dim),
-        C.K_ACTION_LOW: json.dumps(facts.action_low),
-        C.K_ACTION_HIGH: json.dumps(facts.action_high),
-        C.K_ACTION_REPEAT: str(cfg.action_repeat),
-        C.K_FRAME_STACK: str(frame_stack),
-        C.K_IMAGE_SIZE: json.dumps(image_size),
-        C.K_IMAGE_LAYOUT: C.IMAGE_LAYOUT if pixels else C.NO_IMAGE,
-        C.K_PADDING: C.PADDING_RULE if pixels else C.NO_IMAGE,
-        C.K_CONTROL_TIMESTEP: repr(facts.control_timestep),
-        C.K_CAMERA_ID: str(cfg.camera_id),
-        C.K_TRAIN_ENV_STEPS: str(env_steps),
-        C.K_EXPORTER: exporter,
-        C.K_OPSET: str(C.OPSET),
-        C.K_TORCH_VERSION: torch_version,
-        C.K_SACAE_VERSION: __version__,
-        C.K_PRECISION: "fp32",  # a lower-precision variant overwrites it (export/precision.py)
+        contract.K_FORMAT: contract.FORMAT_VERSION,
+        contract.K_ALGO: cfg.algo,
+        contract.K_ENV: cfg.env,
+        contract.K_INTERFACE: interface,
+        contract.K_ACTION_DIM: str(facts.action_dim),
+        contract.K_ACTION_LOW: json.dumps(facts.action_low),
+        contract.K_ACTION_HIGH: json.dumps(facts.action_high),
+        contract.K_ACTION_REPEAT: str(cfg.action_repeat),
+        contract.K_FRAME_STACK: str(frame_stack),
+        contract.K_IMAGE_SIZE: json.dumps(image_size),
+        contract.K_IMAGE_LAYOUT: contract.IMAGE_LAYOUT if pixels else contract.NO_IMAGE,
+        contract.K_PADDING: contract.PADDING_RULE if pixels else contract.NO_IMAGE,
+        contract.K_CONTROL_TIMESTEP: repr(facts.control_timestep),
+        contract.K_CAMERA_ID: str(cfg.camera_id),
+        contract.K_TRAIN_ENV_STEPS: str(env_steps),
+        contract.K_EXPORTER: exporter,
+        contract.K_OPSET: str(contract.OPSET),
+        contract.K_TORCH_VERSION: torch_version,
+        contract.K_SACAE_VERSION: __version__,
+        contract.K_PRECISION: "fp32",  # a lower-precision variant overwrites it (export/precision.py)
     }
     meta.update(extra or {})
-    missing = [k for k in C.REQUIRED_KEYS if k not in meta]
-    assert not missing, missing  # a contract key added without teaching the exporter
+    return checked(meta)
+
+
+def checked(meta: dict[str, str]) -> dict[str, str]:
+    """`meta` if the runtime's own rule (contract.parse_metadata) accepts it: the exporter never
+    writes a file the runtime would refuse."""
+    try:
+        contract.parse_metadata(meta, "the exported policy")
+    except PolicyError as exc:  # an exporter bug, not the user's: say which rule it broke
+        raise ExportError(f"internal error, please report: {exc}") from None
     return meta

@@ -29,7 +29,7 @@ from export.graphs import GraphSpec, frame_stack_spec, slac_spec, state_spec
 from export.metadata import EnvFacts, env_facts, policy_metadata
 from export.precision import PrecisionOptions, make_variant
 from export.verify import Parity, Rollout, check_history_rollout, check_model, check_parity
-from sacae_deploy import contract as C
+from sacae_deploy import contract
 
 HISTORY_MODES = ("stateful", "stateless")
 
@@ -76,8 +76,8 @@ def load_run(run_dir: Path) -> LoadedRun:
     cfg = _read_config(run_dir)
     agent_state, state = load_agent_weights(run_dir)
     facts = env_facts(cfg)
-    # Same math, export-friendly: no channels_last weights, no autocast.
-    plain = dataclasses.replace(cfg, **{k: False for k in ("channels_last", "bf16") if hasattr(cfg, k)})
+    # Same math, export-friendly: the plain backend (no CPU kernels, standard layouts), no autocast.
+    plain = dataclasses.replace(cfg, backend="plain", bf16=False)
     pixels = cfg.algo != "sac-state"
     obs_shape = (3 * cfg.frame_stack, cfg.image_size, cfg.image_size) if pixels else (facts.state_dim,)
     agent = make_agent(plain, obs_shape, facts.action_dim, torch.device("cpu"))
@@ -117,12 +117,12 @@ def _torch_export(spec: GraphSpec, path: Path, legacy: bool) -> None:
     with _quiet(), torch.no_grad():
         if legacy:
             axes = {n: {0: "batch"} for n in (*spec.input_names, *spec.output_names)} if spec.dynamic_batch else None
-            torch.onnx.export(spec.module, spec.example, str(path), dynamo=False, opset_version=C.OPSET,
+            torch.onnx.export(spec.module, spec.example, str(path), dynamo=False, opset_version=contract.OPSET,
                               dynamic_axes=axes, **names)
         else:
             batch = torch.export.Dim("batch")
             shapes = tuple({0: batch} for _ in spec.example) if spec.dynamic_batch else None
-            torch.onnx.export(spec.module, spec.example, str(path), dynamo=True, opset_version=C.OPSET,
+            torch.onnx.export(spec.module, spec.example, str(path), dynamo=True, opset_version=contract.OPSET,
                               dynamic_shapes=shapes, external_data=False, verbose=False, **names)
 
 
@@ -144,7 +144,7 @@ def _write(spec: GraphSpec, cfg: Any, facts: EnvFacts, path: Path, env_steps: in
 def _slac_rollout(agent: Any, cfg: Any, facts: EnvFacts, spec: GraphSpec, path: Path, env_steps: int,
                   legacy: bool) -> Rollout:
     """Export the other history mode next to `path` and run both against SlacAgent's HistoryPolicy."""
-    other = "stateless" if spec.interface == C.I_SLAC_STATEFUL else "stateful"
+    other = "stateless" if spec.interface == contract.I_SLAC_STATEFUL else "stateful"
     with tempfile.TemporaryDirectory() as tmp:
         sibling = Path(tmp) / f"{other}.onnx"
         _write(slac_spec(agent, cfg, facts, other), cfg, facts, sibling, env_steps, legacy)

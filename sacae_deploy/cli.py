@@ -1,16 +1,14 @@
-"""`sacae`: the command-line entry point. Each command lives in sacae_deploy/commands/ and imports
-its heavy dependencies (torch, dm_control) only when it runs, so `sacae run` works torch-free."""
+"""`sacae`: the command-line entry point. Each command lives in sacae_deploy/commands/ (what they
+share in commands/common.py) and imports its heavy dependencies (torch, dm_control) only when it
+runs, so `sacae run` works torch-free. This module only assembles them into the app."""
 
 from __future__ import annotations
 
-import functools
 import sys
-from typing import Any, Callable, TypeVar
 
 import typer
 
 from sacae_deploy import interrupts
-from sacae_deploy.errors import SacaeError
 
 app = typer.Typer(
     help="Train pixel-based controllers (SAC+AE, SLAC) on DeepMind Control, export them to ONNX, "
@@ -19,31 +17,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def fail(message: str) -> typer.Exit:
-    """Print one line to stderr and return the exit to raise (code 2: bad input)."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
-
-
-def user_errors(fn: F) -> F:
-    """Turn SacaeError, Ctrl-C and SIGTERM into one line and an exit code instead of a traceback
-    (130 and 143, as a shell reports a process those signals killed)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SacaeError as exc:
-            raise fail(str(exc)) from None
-        except KeyboardInterrupt as exc:
-            typer.echo(f"interrupted ({getattr(exc, 'signal_name', 'SIGINT')})", err=True)
-            raise typer.Exit(getattr(exc, "exit_code", 130)) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _register() -> None:

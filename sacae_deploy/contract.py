@@ -30,6 +30,7 @@ Graph interfaces (batch dimension first, fixed to 1 for `stateful`):
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -78,6 +79,7 @@ K_PRECISION = "sacae.precision"  # fp32 | fp16 | bf16 | int8 (absent: fp32, a fi
 K_GATE = "sacae.gate"  # non-fp32 only: the behaviour gate's result as JSON, or "skipped" (export --no-gate)
 K_CALIBRATION = "sacae.calibration"  # non-fp32 only: which decisions calibrated (int8) / checked the variant
 GATE_SKIPPED = "skipped"
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 REQUIRED_KEYS = (K_FORMAT, K_ALGO, K_ENV, K_INTERFACE, K_ACTION_DIM, K_ACTION_LOW, K_ACTION_HIGH,
                  K_ACTION_REPEAT, K_FRAME_STACK, K_IMAGE_SIZE, K_IMAGE_LAYOUT, K_PADDING, K_CONTROL_TIMESTEP)
@@ -120,6 +122,17 @@ TensorSpec = tuple[str, tuple[int | None, ...]]  # (element type, shape); None: 
 
 
 @dataclass(frozen=True)
+class GateSummary:
+    """What the export's behaviour gate (export/gate.py) measured for a lower-precision file: the
+    closed-loop returns of fp32 and the variant on the same episodes, and the largest per-step action
+    difference on the fp32 trajectories (a fraction of the action range)."""
+
+    mean_fp32: float
+    mean_variant: float
+    max_action_diff: float
+
+
+@dataclass(frozen=True)
 class PolicySpec:
     """A policy file's metadata once `parse_metadata` has checked it: every value typed, in range
     and consistent with the others, so the runtime never has to second-guess one."""
@@ -137,6 +150,8 @@ class PolicySpec:
     camera_id: int
     state_dim: int | None  # state policies only
     feature_dim: int | None  # stateful SLAC only
+    precision: str = "fp32"  # of the graph's weights and arithmetic (PRECISIONS)
+    gate: GateSummary | None = None  # a lower precision's behaviour gate; None for fp32 and --no-gate
 
     def graph_io(self) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
         """The inputs and outputs the graph must declare (the table in this module's docstring)."""
@@ -258,6 +273,8 @@ def parse_metadata(meta: Mapping[str, str], source: str) -> PolicySpec:
     r.optional_integer(K_TRAIN_ENV_STEPS, 0, 2**63 - 1, required=False)
     r.optional_integer(K_OPSET, 1, MAX_INT32, required=False)
     camera_id = r.optional_integer(K_CAMERA_ID, FREE_CAMERA, MAX_INT32, required=False)
+    precision = r.choice(K_PRECISION, PRECISIONS) if K_PRECISION in meta else "fp32"  # older files: fp32
+    gate = _gate(r, precision)
     return PolicySpec(
         algo=algo, env=meta[K_ENV], interface=interface, action_dim=action_dim,
         action_low=tuple(low.tolist()), action_high=tuple(high.tolist()),
@@ -265,7 +282,32 @@ def parse_metadata(meta: Mapping[str, str], source: str) -> PolicySpec:
         image_size=image_size, control_timestep=float(dt),
         camera_id=0 if camera_id is None else camera_id,  # optional: 0, dm_control's default camera
         state_dim=r.optional_integer(K_STATE_DIM, 1, MAX_VECTOR_DIM, required=interface == I_STATE),
-        feature_dim=r.optional_integer(K_FEATURE_DIM, 1, MAX_VECTOR_DIM, required=interface == I_SLAC_STATEFUL))
+        feature_dim=r.optional_integer(K_FEATURE_DIM, 1, MAX_VECTOR_DIM, required=interface == I_SLAC_STATEFUL),
+        precision=precision, gate=gate)
+
+
+def _gate(r: _Reader, precision: str) -> GateSummary | None:
+    """The gate result a file of `precision` must carry: none for fp32; for a lower precision either
+    "skipped" (exported with --no-gate) or a passed gate: the exporter never publishes a failed one."""
+    if precision == "fp32":
+        if K_GATE in r.meta:
+            raise r.fail(K_GATE, "absent (an fp32 policy is the gate's reference, not gated)")
+        return None
+    if K_GATE not in r.meta:
+        raise PolicyError(f"{r.source}: a {precision} policy needs {K_GATE} in its metadata; "
+                          "re-export the policy with `sacae export --precision`")
+    if r.meta[K_GATE] == GATE_SKIPPED:
+        return None
+    want = f"{GATE_SKIPPED!r} or a passed behaviour gate's JSON result"
+    gate = r.json(K_GATE, want)
+    try:
+        numbers = (gate["mean_fp32"], gate["mean_variant"], gate["action_diff"]["max"])
+        ok = gate["passed"] is True and all(type(x) in (int, float) and math.isfinite(x) for x in numbers)
+    except (TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise r.fail(K_GATE, want)
+    return GateSummary(*(float(x) for x in numbers))
 
 
 def check_graph_io(spec: PolicySpec, inputs: Mapping[str, tuple[str, Sequence[Any] | None]],

@@ -8,6 +8,12 @@ class SacaeError(Exception):
     """A user-facing error with a one-line message."""
 
 
+class ConfigError(SacaeError, ValueError):
+    """A bad configuration value (a training config, or a size the simulator cannot render); the CLI
+    turns it into a one-line error and exit code 2. Here, not in train/config.py, because the
+    runtime's simulator raises it too."""
+
+
 class PolicyError(SacaeError, ValueError):
     """A policy file, device or input the runtime cannot use; the message says what to fix.
     Here, not in policy.py, because the contract module (shared with the exporter) raises it too."""

@@ -1,10 +1,11 @@
 """Robustness evaluation (`sacae eval`): exported policies on a DeepMind Control task, clean and
 with moving-ball backgrounds (SAC+AE section 5.2), summarised as a table, a plot and videos.
 
-Episodes run in the training stack's own layers (ActionRepeat, then ONE render per decision), so a
-policy sees exactly the frames `sacae run --source dmc:ENV` would hand it at decision times, at a
-K-th of the rendering cost. Episode e of every condition starts from seed + e: the clean and the
-distractor runs of one policy face the same initial states, so the drop measures the background.
+Episodes run in the simulator's layers, the ones training uses (sacae_deploy.sim: ActionRepeat, then
+ONE render per decision), so a policy sees exactly the frames `sacae run --source dmc:ENV` would
+hand it at decision times, at a K-th of the rendering cost. Episode e of every condition starts
+from seed + e: the clean and the distractor runs of one policy face the same initial states, so the
+drop measures the background.
 An episode in which the policy gives a non-finite action fails (nothing reaches the simulator): the
 report counts it in `failed` and means are over the episodes that completed.
 Needs dm_control (the `train` extra) but never torch.
@@ -19,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sacae_deploy.actions import ActionBounds
 from sacae_deploy.errors import NonFiniteActionError, SacaeError
 from sacae_deploy.files import atomic_write_text
 from sacae_deploy.policy import Policy
@@ -81,7 +83,7 @@ def run_episodes(policy: Policy, env_name: str, condition: str, episodes: int, s
     `episode_length` (env steps) is DeepMind Control's 1000 unless a run trained on shorter ones (the
     export's behaviour gate evaluates on its run's own length)."""
     from distractors import make_background
-    from train.envs import make_env
+    from sacae_deploy.sim.envs import make_env
 
     pixels = policy.image_size is not None
     env = make_env(env_name, seed, pixels=pixels, action_repeat=policy.action_repeat,
@@ -92,7 +94,7 @@ def run_episodes(policy: Policy, env_name: str, condition: str, episodes: int, s
         raise EvalError(f"{env_name} takes {env.action_dim}-d actions; the {policy.env} policy gives {policy.action_dim}-d")
     # The env takes [-1, 1] and maps to the task's bounds; policies emit finite actions in those
     # bounds, and Policy.load has checked that low < high.
-    low, high = policy.action_low, policy.action_high
+    bounds = ActionBounds(policy.action_low, policy.action_high)
     returns: list[float | None] = []
     try:
         for ep in range(episodes):
@@ -105,7 +107,7 @@ def run_episodes(policy: Policy, env_name: str, condition: str, episodes: int, s
                 if video is not None and ep == 0 and pixels and len(video) < VIDEO_MAX_DECISIONS:
                     video.append(frame)
                 try:
-                    action = 2.0 * (policy.act(frame) - low) / (high - low) - 1.0
+                    action = bounds.to_unit(policy.act(frame))
                 except NonFiniteActionError as exc:
                     if failures is not None:
                         failures.append(f"episode {ep}: {exc}")

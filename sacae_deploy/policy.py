@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from sacae_deploy import contract as C
+from distractors.frames import NOT_ARRAY, NOT_HWC3, WRONG_SIZE, frame_fault
+from sacae_deploy import contract
 from sacae_deploy.errors import NonFiniteActionError, PolicyError
+from sacae_deploy.history import start_history
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -46,6 +48,7 @@ CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 # p50 1.28 ms / p99 2.43 ms against 2.10 / 2.78 ms for 1 (the fc and MLP layers are memory-bound
 # GEMVs; a second core adds bandwidth). Past 2, batch-1 work is too small to split further.
 DEFAULT_THREADS = min(2, os.cpu_count() or 1)
+MAX_THREADS = os.cpu_count() or 1  # more threads than cores only contend (ONNX Runtime's spin-wait crawls)
 
 
 @dataclass
@@ -127,10 +130,13 @@ class _Ring:
         self.windows = [_ort_value(self.buf[:, p + 1:p + 1 + k]) for p in range(k)]
         self.pos = 0
 
-    def fill(self, item: np.ndarray) -> None:
-        """Episode start: every slot holds `item` (the padding rule)."""
-        self.buf[0] = item
-        self.pos = 0
+    def start(self, items: Any) -> None:
+        """Episode start: the k items of the padded history (`history.start_history`), oldest
+        first, become window k - 1."""
+        for i, item in enumerate(items):
+            np.copyto(self.buf[0, i], item)
+            np.copyto(self.buf[0, i + self.k], item)
+        self.pos = self.k - 1
 
     def push(self, item: np.ndarray) -> None:
         p = self.pos + 1 if self.pos + 1 < self.k else 0
@@ -150,7 +156,7 @@ class Policy:
         self.path = path
         self.session = session
         self.metadata: dict[str, str] = dict(session.get_modelmeta().custom_metadata_map)
-        spec = C.parse_metadata(self.metadata, str(path))
+        self.spec = spec = contract.parse_metadata(self.metadata, str(path))
         self.algo, self.env, self.interface = spec.algo, spec.env, spec.interface
         self.action_dim = spec.action_dim
         self.action_low = np.asarray(spec.action_low, np.float32)
@@ -158,7 +164,7 @@ class Policy:
         self.action_repeat, self.frame_stack = spec.action_repeat, spec.frame_stack
         self.image_size, self.control_timestep = spec.image_size, spec.control_timestep
         self.state_dim, self.feature_dim, self.camera_id = spec.state_dim, spec.feature_dim, spec.camera_id
-        C.check_graph_io(spec, {i.name: (i.type, i.shape) for i in session.get_inputs()},
+        contract.check_graph_io(spec, {i.name: (i.type, i.shape) for i in session.get_inputs()},
                          {o.name: (o.type, o.shape) for o in session.get_outputs()}, str(path))
         self.providers: list[str] = list(session.get_providers())
         self.device = "cuda" if self.providers[0] == CUDA_EP else "cpu"
@@ -170,11 +176,10 @@ class Policy:
         self._episode_decisions = 0
         self._reset_flag = np.zeros((1, 1), np.float32)
         self._fresh = True
-        self._no_action = np.zeros(self.action_dim, np.float32)
         self._build_bindings()
-        self._step = {C.I_FRAME_STACK: self._step_frame_stack, C.I_STATE: self._step_state,
-                      C.I_SLAC_STATELESS: self._step_slac_stateless,
-                      C.I_SLAC_STATEFUL: self._step_slac_stateful}[self.interface]
+        self._step = {contract.I_FRAME_STACK: self._step_frame_stack, contract.I_STATE: self._step_state,
+                      contract.I_SLAC_STATELESS: self._step_slac_stateless,
+                      contract.I_SLAC_STATEFUL: self._step_slac_stateful}[self.interface]
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -210,17 +215,17 @@ class Policy:
 
     def _build_bindings(self) -> None:
         """Preallocate the history buffers and bind them (and the output) once."""
-        a, out = self.action_dim, {C.OUT_ACTION: _ort_value(self._out)}
-        if self.interface == C.I_STATE:
+        a, out = self.action_dim, {contract.OUT_ACTION: _ort_value(self._out)}
+        if self.interface == contract.I_STATE:
             assert self.state_dim is not None
             self._state = np.zeros((1, self.state_dim), np.float32)
-            self._run = [self._binding({C.IN_STATE: _ort_value(self._state)}, out)]
+            self._run = [self._binding({contract.IN_STATE: _ort_value(self._state)}, out)]
             return
         frame = self._frame_shape
-        if self.interface == C.I_FRAME_STACK:
+        if self.interface == contract.I_FRAME_STACK:
             self._frames = _Ring(self.frame_stack, frame, np.uint8)
-            self._run = [self._binding({C.IN_FRAMES: w}, out) for w in self._frames.windows]
-        elif self.interface == C.I_SLAC_STATELESS:
+            self._run = [self._binding({contract.IN_FRAMES: w}, out) for w in self._frames.windows]
+        elif self.interface == contract.I_SLAC_STATELESS:
             self._frames = _Ring(self.frame_stack, frame, np.uint8)
             self._actions = _Ring(self.frame_stack - 1, (a,), np.float32)
             self._run = [self._binding({}, out)]  # inputs rebound per step: the two rings cycle apart
@@ -231,17 +236,17 @@ class Policy:
             # Bound OrtValues point into these arrays without owning them: keep them alive here.
             self._caches = feats, acts = ([np.zeros((1, h, self.feature_dim), np.float32) for _ in range(2)],
                                           [np.zeros((1, h, a), np.float32) for _ in range(2)])
-            fixed = {C.IN_FRAME: _ort_value(self._frame), C.IN_RESET: _ort_value(self._reset_flag)}
-            self._run = [self._binding({**fixed, C.IN_FEATURE_CACHE: _ort_value(feats[i]),
-                                        C.IN_ACTION_CACHE: _ort_value(acts[i])},
-                                       {**out, C.OUT_FEATURE_CACHE: _ort_value(feats[1 - i]),
-                                        C.OUT_ACTION_CACHE: _ort_value(acts[1 - i])}) for i in range(2)]
+            fixed = {contract.IN_FRAME: _ort_value(self._frame), contract.IN_RESET: _ort_value(self._reset_flag)}
+            self._run = [self._binding({**fixed, contract.IN_FEATURE_CACHE: _ort_value(feats[i]),
+                                        contract.IN_ACTION_CACHE: _ort_value(acts[i])},
+                                       {**out, contract.OUT_FEATURE_CACHE: _ort_value(feats[1 - i]),
+                                        contract.OUT_ACTION_CACHE: _ort_value(acts[1 - i])}) for i in range(2)]
             self._side = 0
 
     def _warm_up(self) -> None:
         """Let onnxruntime allocate and pick kernels now, not on the first real frame. The outputs
         are not judged (a blank frame is no real input) and not counted in `stats`."""
-        dummy = (np.zeros(self.state_dim, np.float32) if self.interface == C.I_STATE
+        dummy = (np.zeros(self.state_dim, np.float32) if self.interface == contract.I_STATE
                  else np.zeros((self.image_size, self.image_size, 3), np.uint8))
         try:
             for _ in range(WARMUP_RUNS):
@@ -254,22 +259,15 @@ class Policy:
     def describe(self) -> str:
         """One line for the user's terminal: what runs, where, at which precision, and what the export's
         behaviour gate found for a lower-precision variant (export/gate.py)."""
-        import json
-
         import onnxruntime as ort
 
         where = "GPU (CUDA)" if self.device == "cuda" else f"CPU, {self.threads} thread{'s' * (self.threads > 1)}"
-        what = self.metadata.get(C.K_PRECISION, "fp32")  # files from before precisions are fp32
-        gate = self.metadata.get(C.K_GATE)
-        if gate == C.GATE_SKIPPED:
+        what, gate = self.spec.precision, self.spec.gate
+        if gate is not None:
+            what += (f", behaviour gate passed: return {gate.mean_variant:.1f} vs fp32 {gate.mean_fp32:.1f}, "
+                     f"max action diff {gate.max_action_diff:.2g} of the range")
+        elif what != "fp32":
             what += ", behaviour gate skipped"
-        elif gate is not None:
-            try:
-                g = json.loads(gate)
-                what += (f", behaviour gate {'passed' if g['passed'] else 'failed'}: return {g['mean_variant']:.1f} "
-                         f"vs fp32 {g['mean_fp32']:.1f}, max action diff {g['action_diff']['max']:.3f} of the range")
-            except (ValueError, KeyError, TypeError):
-                what += ", unreadable behaviour gate result"
         return (f"{self.algo} policy for {self.env} ({self.interface}, {what}) on {where} "
                 f"via onnxruntime {ort.__version__} [{self.providers[0]}]")
 
@@ -300,7 +298,7 @@ class Policy:
             raise NonFiniteActionError(f"{self.path}: the graph gave a non-finite action [{shown}] at decision "
                                        f"{self._episode_decisions} of the episode; refused, no action returned")
         self.stats.decisions += 1
-        if self.interface == C.I_SLAC_STATELESS:
+        if self.interface == contract.I_SLAC_STATELESS:
             self._actions.push(action)  # the history holds the actions taken
         return action
 
@@ -315,7 +313,7 @@ class Policy:
     def _step_frame_stack(self, frame: np.ndarray) -> Any:
         self._check_frame(frame)
         if self._fresh:
-            self._frames.fill(frame)
+            self._frames.start(start_history(frame, self.frame_stack)[0])
         else:
             self._frames.push(frame)
         return self._run[self._frames.pos]
@@ -328,13 +326,14 @@ class Policy:
     def _step_slac_stateless(self, frame: np.ndarray) -> Any:
         self._check_frame(frame)
         if self._fresh:
-            self._frames.fill(frame)
-            self._actions.fill(self._no_action)
+            frames, actions = start_history(frame, self.frame_stack, self.action_dim)
+            self._frames.start(frames)
+            self._actions.start(actions)
         else:
             self._frames.push(frame)
         run = self._run[0]
-        run.bind_ortvalue_input(C.IN_FRAMES, self._frames.window)
-        run.bind_ortvalue_input(C.IN_ACTIONS, self._actions.window)
+        run.bind_ortvalue_input(contract.IN_FRAMES, self._frames.window)
+        run.bind_ortvalue_input(contract.IN_ACTIONS, self._actions.window)
         return run
 
     def _step_slac_stateful(self, frame: np.ndarray) -> Any:
@@ -346,14 +345,15 @@ class Policy:
         return run
 
     def _check_frame(self, frame: Any) -> None:
-        if type(frame) is np.ndarray and frame.dtype == np.uint8 and frame.shape == self._frame_shape:
+        fault = frame_fault(frame, self.image_size)
+        if fault is None:
             return
         want = f"({self.image_size}, {self.image_size}, 3) uint8 RGB"
-        if not isinstance(frame, np.ndarray):
+        if fault == NOT_ARRAY:
             raise PolicyError(f"frame must be a numpy array {want}, got {type(frame).__name__}")
-        if frame.ndim != 3 or frame.shape[2] != 3:
+        if fault == NOT_HWC3:
             raise PolicyError(f"frame must be {want} (HWC), got shape {frame.shape}")
-        if frame.shape != (self.image_size, self.image_size, 3):
+        if fault == WRONG_SIZE:
             raise PolicyError(f"frame is {frame.shape[0]}x{frame.shape[1]} but this policy takes "
                               f"{self.image_size}x{self.image_size}; resize frames first ({want})")
         raise PolicyError(f"frame has dtype {frame.dtype}, this policy takes {want} (values 0..255)")

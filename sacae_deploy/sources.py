@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from distractors.frames import NOT_ARRAY, frame_fault
 from sacae_deploy.errors import SacaeError
 
 SCHEMES = ("dmc", "video", "images", "camera")
@@ -37,10 +38,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def check_frame(frame: Any, index: int) -> np.ndarray:
-    """Accept only uint8 (H, W, 3) RGB arrays: a float or BGRA frame would be silently misread."""
-    if not isinstance(frame, np.ndarray):
+    """Accept only camera frames (distractors.frames: uint8 (H, W, 3) RGB arrays): a float or BGRA
+    frame would be silently misread."""
+    fault = frame_fault(frame)
+    if fault == NOT_ARRAY:
         raise FrameError(f"frame {index}: expected a numpy uint8 (H, W, 3) RGB array, got {type(frame).__name__}")
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] == 0 or frame.shape[1] == 0:
+    if fault is not None:
         raise FrameError(f"frame {index}: expected uint8 (H, W, 3) RGB, got {frame.dtype} {tuple(frame.shape)}")
     return frame
 
@@ -178,8 +181,8 @@ class DMCSource(FrameSource):
     def __init__(self, env: str, image_size: int, seed: int = 0, episodes: int = 1, episode_length: int = 1000,
                  camera_id: int = 0, distractors: str = "none", frames_per_step: int = 1) -> None:
         from distractors import DISTRACTORS, make_background
-        from train.config import check_render_size
-        from train.envs import DMCEnv, PixelObservation  # numpy + dm_control only; never torch
+        from sacae_deploy.sim.envs import DMCEnv, PixelObservation
+        from sacae_deploy.sim.rendering import check_render_size
 
         if distractors not in DISTRACTORS:
             raise SourceError(f"distractors must be one of {', '.join(DISTRACTORS)}, got {distractors!r}")
@@ -198,8 +201,7 @@ class DMCSource(FrameSource):
         self.action_dim = sim.action_dim
         self.fps = 1.0 / sim.control_timestep
         # Policies emit actions in the task's bounds; DMCEnv.step takes [-1, 1] and maps back.
-        self._low, self._high = sim.action_low, sim.action_high
-        self._unit_bounds = bool(np.all(self._low == -1.0) and np.all(self._high == 1.0))
+        self._bounds = None if sim.action_bounds.identity else sim.action_bounds  # None: nothing to map
         self.episode_returns: list[float] = []
         self._obs: np.ndarray | None = None
         self._last = False
@@ -217,9 +219,7 @@ class DMCSource(FrameSource):
                 yield obs.transpose(1, 2, 0)  # PixelObservation is channels-first; cameras give HWC
 
     def apply(self, action: np.ndarray) -> float:
-        if not self._unit_bounds:
-            action = 2.0 * (np.asarray(action, np.float32) - self._low) / (self._high - self._low) - 1.0
-        step = self._env.step(action)
+        step = self._env.step(action if self._bounds is None else self._bounds.to_unit(action))
         self._obs, self._last = step.obs, step.last
         self._return += step.reward
         if step.last:

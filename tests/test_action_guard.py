@@ -24,7 +24,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 from helpers import sacae
-from sacae_deploy import contract as C
+from sacae_deploy import contract
 from sacae_deploy.errors import NonFiniteActionError, PolicyError
 from sacae_deploy.policy import Policy
 from sacae_deploy.run_loop import JsonLines, run_loop
@@ -33,30 +33,30 @@ ENV = "cartpole-swingup"  # 1-d actions in [-1, 1]
 
 
 # ------------------------------------------------------------------------------ crafted policy files
-def metadata(interface: str = C.I_FRAME_STACK, *, action_dim: int = 1, low: list[float] | None = None,
+def metadata(interface: str = contract.I_FRAME_STACK, *, action_dim: int = 1, low: list[float] | None = None,
              high: list[float] | None = None, frame_stack: int = 3, image_size: int = 8, state_dim: int = 2,
              feature_dim: int = 4, action_repeat: int = 2, control_timestep: float = 0.01,
              camera_id: int = 0) -> dict[str, str]:
     """Valid metadata, written the way export/metadata.py writes it."""
-    pixels = interface != C.I_STATE
-    algo = {C.I_FRAME_STACK: "sac-ae", C.I_STATE: "sac-state"}.get(interface, "slac")
+    pixels = interface != contract.I_STATE
+    algo = {contract.I_FRAME_STACK: "sac-ae", contract.I_STATE: "sac-state"}.get(interface, "slac")
     meta = {
-        C.K_FORMAT: C.FORMAT_VERSION, C.K_ALGO: algo, C.K_ENV: ENV, C.K_INTERFACE: interface,
-        C.K_ACTION_DIM: str(action_dim),
-        C.K_ACTION_LOW: json.dumps(low if low is not None else [-1.0] * action_dim),
-        C.K_ACTION_HIGH: json.dumps(high if high is not None else [1.0] * action_dim),
-        C.K_ACTION_REPEAT: str(action_repeat), C.K_FRAME_STACK: str(frame_stack if pixels else 1),
-        C.K_IMAGE_SIZE: json.dumps(image_size if pixels else None),
-        C.K_IMAGE_LAYOUT: C.IMAGE_LAYOUT if pixels else C.NO_IMAGE,
-        C.K_PADDING: C.PADDING_RULE if pixels else C.NO_IMAGE,
-        C.K_CONTROL_TIMESTEP: repr(control_timestep), C.K_CAMERA_ID: str(camera_id),
-        C.K_TRAIN_ENV_STEPS: "0", C.K_EXPORTER: "dynamo", C.K_OPSET: str(C.OPSET),
-        C.K_TORCH_VERSION: "2.13.0", C.K_SACAE_VERSION: "0.1.0",
+        contract.K_FORMAT: contract.FORMAT_VERSION, contract.K_ALGO: algo, contract.K_ENV: ENV, contract.K_INTERFACE: interface,
+        contract.K_ACTION_DIM: str(action_dim),
+        contract.K_ACTION_LOW: json.dumps(low if low is not None else [-1.0] * action_dim),
+        contract.K_ACTION_HIGH: json.dumps(high if high is not None else [1.0] * action_dim),
+        contract.K_ACTION_REPEAT: str(action_repeat), contract.K_FRAME_STACK: str(frame_stack if pixels else 1),
+        contract.K_IMAGE_SIZE: json.dumps(image_size if pixels else None),
+        contract.K_IMAGE_LAYOUT: contract.IMAGE_LAYOUT if pixels else contract.NO_IMAGE,
+        contract.K_PADDING: contract.PADDING_RULE if pixels else contract.NO_IMAGE,
+        contract.K_CONTROL_TIMESTEP: repr(control_timestep), contract.K_CAMERA_ID: str(camera_id),
+        contract.K_TRAIN_ENV_STEPS: "0", contract.K_EXPORTER: "dynamo", contract.K_OPSET: str(contract.OPSET),
+        contract.K_TORCH_VERSION: "2.13.0", contract.K_SACAE_VERSION: "0.1.0",
     }
-    if interface == C.I_STATE:
-        meta[C.K_STATE_DIM] = str(state_dim)
-    if interface == C.I_SLAC_STATEFUL:
-        meta[C.K_FEATURE_DIM] = str(feature_dim)
+    if interface == contract.I_STATE:
+        meta[contract.K_STATE_DIM] = str(state_dim)
+    if interface == contract.I_SLAC_STATEFUL:
+        meta[contract.K_FEATURE_DIM] = str(feature_dim)
     return meta
 
 
@@ -64,17 +64,17 @@ def _io(interface: str, a: int, s: int, h: int, state_dim: int, f: int) -> tuple
     """The README's interface table as value infos: (inputs, outputs)."""
     u8, f32, b = TensorProto.UINT8, TensorProto.FLOAT, "batch"
     vi = oh.make_tensor_value_info
-    if interface == C.I_FRAME_STACK:
-        return [vi(C.IN_FRAMES, u8, [b, s, h, h, 3])], [vi(C.OUT_ACTION, f32, [b, a])]
-    if interface == C.I_STATE:
-        return [vi(C.IN_STATE, f32, [b, state_dim])], [vi(C.OUT_ACTION, f32, [b, a])]
-    if interface == C.I_SLAC_STATELESS:
-        return ([vi(C.IN_FRAMES, u8, [b, s, h, h, 3]), vi(C.IN_ACTIONS, f32, [b, s - 1, a])],
-                [vi(C.OUT_ACTION, f32, [b, a])])
-    return ([vi(C.IN_FRAME, u8, [1, h, h, 3]), vi(C.IN_FEATURE_CACHE, f32, [1, s - 1, f]),
-             vi(C.IN_ACTION_CACHE, f32, [1, s - 1, a]), vi(C.IN_RESET, f32, [1, 1])],
-            [vi(C.OUT_ACTION, f32, [1, a]), vi(C.OUT_FEATURE_CACHE, f32, [1, s - 1, f]),
-             vi(C.OUT_ACTION_CACHE, f32, [1, s - 1, a])])
+    if interface == contract.I_FRAME_STACK:
+        return [vi(contract.IN_FRAMES, u8, [b, s, h, h, 3])], [vi(contract.OUT_ACTION, f32, [b, a])]
+    if interface == contract.I_STATE:
+        return [vi(contract.IN_STATE, f32, [b, state_dim])], [vi(contract.OUT_ACTION, f32, [b, a])]
+    if interface == contract.I_SLAC_STATELESS:
+        return ([vi(contract.IN_FRAMES, u8, [b, s, h, h, 3]), vi(contract.IN_ACTIONS, f32, [b, s - 1, a])],
+                [vi(contract.OUT_ACTION, f32, [b, a])])
+    return ([vi(contract.IN_FRAME, u8, [1, h, h, 3]), vi(contract.IN_FEATURE_CACHE, f32, [1, s - 1, f]),
+             vi(contract.IN_ACTION_CACHE, f32, [1, s - 1, a]), vi(contract.IN_RESET, f32, [1, 1])],
+            [vi(contract.OUT_ACTION, f32, [1, a]), vi(contract.OUT_FEATURE_CACHE, f32, [1, s - 1, f]),
+             vi(contract.OUT_ACTION_CACHE, f32, [1, s - 1, a])])
 
 
 def _ints(name: str, values: list[int]) -> Any:
@@ -85,23 +85,23 @@ def _ratio_nodes(interface: str, a: int, s: int) -> list[Any]:
     """action = numerator / denominator, both read from the input: 0/0 is NaN, 1/0 is inf, 5/1 is
     5.0, so a test steers the action with ordinary (finite) inputs.
     state (2A,): state[:A] / state[A:].  frame_stack (A = 1): R / G of the newest frame's top-left pixel."""
-    if interface == C.I_STATE:
+    if interface == contract.I_STATE:
         return [_ints("s0", [0]), _ints("sa", [a]), _ints("s2a", [2 * a]), _ints("ax", [1]),
-                oh.make_node("Slice", [C.IN_STATE, "s0", "sa", "ax"], ["num"]),
-                oh.make_node("Slice", [C.IN_STATE, "sa", "s2a", "ax"], ["den"]),
-                oh.make_node("Div", ["num", "den"], [C.OUT_ACTION])]
-    assert interface == C.I_FRAME_STACK and a == 1
+                oh.make_node("Slice", [contract.IN_STATE, "s0", "sa", "ax"], ["num"]),
+                oh.make_node("Slice", [contract.IN_STATE, "sa", "s2a", "ax"], ["den"]),
+                oh.make_node("Div", ["num", "den"], [contract.OUT_ACTION])]
+    assert interface == contract.I_FRAME_STACK and a == 1
     return [_ints("starts", [s - 1, 0, 0]), _ints("ends", [s, 1, 1]), _ints("axes", [1, 2, 3]),
             _ints("shape", [-1, 3]), _ints("c0", [0]), _ints("c1", [1]), _ints("c2", [2]), _ints("ax", [1]),
-            oh.make_node("Slice", [C.IN_FRAMES, "starts", "ends", "axes"], ["pixel"]),
+            oh.make_node("Slice", [contract.IN_FRAMES, "starts", "ends", "axes"], ["pixel"]),
             oh.make_node("Reshape", ["pixel", "shape"], ["rgb8"]),
             oh.make_node("Cast", ["rgb8"], ["rgb"], to=TensorProto.FLOAT),
             oh.make_node("Slice", ["rgb", "c0", "c1", "ax"], ["num"]),
             oh.make_node("Slice", ["rgb", "c1", "c2", "ax"], ["den"]),
-            oh.make_node("Div", ["num", "den"], [C.OUT_ACTION])]
+            oh.make_node("Div", ["num", "den"], [contract.OUT_ACTION])]
 
 
-def craft(path: Path, meta: dict[str, str], *, interface: str = C.I_FRAME_STACK, action: list[float] | None = None,
+def craft(path: Path, meta: dict[str, str], *, interface: str = contract.I_FRAME_STACK, action: list[float] | None = None,
           a: int = 1, s: int = 3, h: int = 8, state_dim: int = 2, f: int = 4,
           action_type: int = TensorProto.FLOAT) -> Path:
     """A policy file: graph shapes from (a, s, h, state_dim, f), `meta` as its metadata_props.
@@ -112,13 +112,13 @@ def craft(path: Path, meta: dict[str, str], *, interface: str = C.I_FRAME_STACK,
         nodes = _ratio_nodes(interface, a, s)
     else:
         value = oh.make_tensor("value", action_type, [1, len(action)], action)
-        nodes = [oh.make_node("Constant", [], [C.OUT_ACTION], value=value)]
-        outputs[0] = oh.make_tensor_value_info(C.OUT_ACTION, action_type, [1, a])
-    if interface == C.I_SLAC_STATEFUL:
-        nodes += [oh.make_node("Identity", [C.IN_FEATURE_CACHE], [C.OUT_FEATURE_CACHE]),
-                  oh.make_node("Identity", [C.IN_ACTION_CACHE], [C.OUT_ACTION_CACHE])]
+        nodes = [oh.make_node("Constant", [], [contract.OUT_ACTION], value=value)]
+        outputs[0] = oh.make_tensor_value_info(contract.OUT_ACTION, action_type, [1, a])
+    if interface == contract.I_SLAC_STATEFUL:
+        nodes += [oh.make_node("Identity", [contract.IN_FEATURE_CACHE], [contract.OUT_FEATURE_CACHE]),
+                  oh.make_node("Identity", [contract.IN_ACTION_CACHE], [contract.OUT_ACTION_CACHE])]
     model = oh.make_model(oh.make_graph(nodes, "crafted", inputs, outputs),
-                          opset_imports=[oh.make_opsetid("", C.OPSET)], ir_version=8)
+                          opset_imports=[oh.make_opsetid("", contract.OPSET)], ir_version=8)
     oh.set_model_props(model, meta)
     onnx.save(model, str(path))
     return path
@@ -141,7 +141,7 @@ def one_line(exc: BaseException) -> str:
 @pytest.fixture
 def ratio_state(tmp_path: Path) -> Policy:
     """A state policy whose action is state[0] / state[1], bounds [-1, 1]."""
-    return Policy.load(craft(tmp_path / "ratio.onnx", metadata(C.I_STATE), interface=C.I_STATE), device="cpu")
+    return Policy.load(craft(tmp_path / "ratio.onnx", metadata(contract.I_STATE), interface=contract.I_STATE), device="cpu")
 
 
 @pytest.mark.parametrize("num, den", [(0.0, 0.0), (1.0, 0.0), (-1.0, 0.0), (3e38, 1e-3)])
@@ -173,9 +173,9 @@ def test_a_state_policy_refuses_a_non_finite_state(ratio_state: Policy, bad: np.
 
 def test_every_interface_guards_its_action(tmp_path: Path) -> None:
     """Clipping and refusal hold for all four graph kinds (a constant action each)."""
-    for interface in C.INTERFACES:
+    for interface in contract.INTERFACES:
         meta = metadata(interface, action_dim=2, low=[-1.0, 0.0], high=[1.0, 2.0], frame_stack=3)
-        obs = np.zeros(2) if interface == C.I_STATE else np.zeros((8, 8, 3), np.uint8)
+        obs = np.zeros(2) if interface == contract.I_STATE else np.zeros((8, 8, 3), np.uint8)
         path = craft(tmp_path / f"{interface}.onnx", meta, interface=interface, action=[7.0, -7.0], a=2)
         policy = Policy.load(path, device="cpu")
         assert policy.act(obs).tolist() == [1.0, 0.0] and policy.stats.clipped == 1, interface
@@ -186,49 +186,57 @@ def test_every_interface_guards_its_action(tmp_path: Path) -> None:
 
 def test_slac_history_holds_the_clipped_action(tmp_path: Path) -> None:
     """SLAC's stateless graph is fed the actions taken, and the one taken is the clipped one."""
-    meta = metadata(C.I_SLAC_STATELESS, frame_stack=3)
-    policy = Policy.load(craft(tmp_path / "s.onnx", meta, interface=C.I_SLAC_STATELESS, action=[4.0]), device="cpu")
+    meta = metadata(contract.I_SLAC_STATELESS, frame_stack=3)
+    policy = Policy.load(craft(tmp_path / "s.onnx", meta, interface=contract.I_SLAC_STATELESS, action=[4.0]), device="cpu")
     for _ in range(3):
         policy.act(np.zeros((8, 8, 3), np.uint8))
     assert np.all(policy._actions.buf == 1.0)
 
 
 # ------------------------------------------------------------------------------ Policy.load
+# A passed behaviour gate as export/gate.py stores it (the keys the runtime reads).
+GATE = {"passed": True, "mean_fp32": 100.0, "mean_variant": 99.5, "action_diff": {"max": 0.0123, "mean": 0.001}}
 BAD_VALUES = [
-    (C.K_ACTION_LOW, "[1.0]", "action_low"),  # low == high
-    (C.K_ACTION_LOW, "[2.0]", "action_low"),  # low > high: eval used to flip the action's sign
-    (C.K_ACTION_LOW, "[NaN]", "action_low"),
-    (C.K_ACTION_HIGH, "[Infinity]", "action_high"),
-    (C.K_ACTION_HIGH, "[1e39]", "action_high"),  # finite in JSON, inf in float32
-    (C.K_ACTION_HIGH, "[1.0, 1.0]", "action_high"),  # length != action_dim
-    (C.K_ACTION_HIGH, '"1.0"', "action_high"),
-    (C.K_ACTION_HIGH, "[true]", "action_high"),
-    (C.K_ACTION_DIM, "0", "action_dim"),
-    (C.K_ACTION_DIM, "1.5", "action_dim"),
-    ({C.K_ACTION_DIM: "2", C.K_ACTION_LOW: "[-1, -1]", C.K_ACTION_HIGH: "[1, 1]"}, "", "action_dim 2"),  # graph: 1-d
-    (C.K_ACTION_REPEAT, "0", "action_repeat"),
-    (C.K_ACTION_REPEAT, "true", "action_repeat"),
-    (C.K_FRAME_STACK, "-3", "frame_stack"),
-    (C.K_FRAME_STACK, "4", "frame_stack"),  # the graph takes 3 frames
-    (C.K_IMAGE_SIZE, "null", "image_size"),
-    (C.K_IMAGE_SIZE, "16", "image_size"),  # the graph takes 8x8
-    (C.K_IMAGE_SIZE, "abc", "image_size"),
-    (C.K_CONTROL_TIMESTEP, "0", "control_timestep"),
-    (C.K_CONTROL_TIMESTEP, "-0.01", "control_timestep"),
-    (C.K_CONTROL_TIMESTEP, "NaN", "control_timestep"),
-    (C.K_CONTROL_TIMESTEP, "inf", "control_timestep"),
-    (C.K_CONTROL_TIMESTEP, "3600", "control_timestep"),
-    (C.K_CAMERA_ID, "0.5", "camera_id"),
-    (C.K_CAMERA_ID, '"front"', "camera_id"),
-    (C.K_CAMERA_ID, "-2", "camera_id"),
-    (C.K_ALGO, "ppo", "algo"),
-    (C.K_ALGO, "sac-state", "algo"),  # a state algorithm on a frame-stack graph
-    (C.K_ENV, "", "env"),
-    (C.K_IMAGE_LAYOUT, "NCHW float", "image_layout"),
-    (C.K_PADDING, "zeros", "history_padding"),
-    (C.K_TRAIN_ENV_STEPS, "-1", "training_env_steps"),
-    (C.K_EXPORTER, "tf2onnx", "exporter"),
-    (C.K_OPSET, "x", "opset"),
+    (contract.K_ACTION_LOW, "[1.0]", "action_low"),  # low == high
+    (contract.K_ACTION_LOW, "[2.0]", "action_low"),  # low > high: eval used to flip the action's sign
+    (contract.K_ACTION_LOW, "[NaN]", "action_low"),
+    (contract.K_ACTION_HIGH, "[Infinity]", "action_high"),
+    (contract.K_ACTION_HIGH, "[1e39]", "action_high"),  # finite in JSON, inf in float32
+    (contract.K_ACTION_HIGH, "[1.0, 1.0]", "action_high"),  # length != action_dim
+    (contract.K_ACTION_HIGH, '"1.0"', "action_high"),
+    (contract.K_ACTION_HIGH, "[true]", "action_high"),
+    (contract.K_ACTION_DIM, "0", "action_dim"),
+    (contract.K_ACTION_DIM, "1.5", "action_dim"),
+    ({contract.K_ACTION_DIM: "2", contract.K_ACTION_LOW: "[-1, -1]", contract.K_ACTION_HIGH: "[1, 1]"}, "", "action_dim 2"),  # graph: 1-d
+    (contract.K_ACTION_REPEAT, "0", "action_repeat"),
+    (contract.K_ACTION_REPEAT, "true", "action_repeat"),
+    (contract.K_FRAME_STACK, "-3", "frame_stack"),
+    (contract.K_FRAME_STACK, "4", "frame_stack"),  # the graph takes 3 frames
+    (contract.K_IMAGE_SIZE, "null", "image_size"),
+    (contract.K_IMAGE_SIZE, "16", "image_size"),  # the graph takes 8x8
+    (contract.K_IMAGE_SIZE, "abc", "image_size"),
+    (contract.K_CONTROL_TIMESTEP, "0", "control_timestep"),
+    (contract.K_CONTROL_TIMESTEP, "-0.01", "control_timestep"),
+    (contract.K_CONTROL_TIMESTEP, "NaN", "control_timestep"),
+    (contract.K_CONTROL_TIMESTEP, "inf", "control_timestep"),
+    (contract.K_CONTROL_TIMESTEP, "3600", "control_timestep"),
+    (contract.K_CAMERA_ID, "0.5", "camera_id"),
+    (contract.K_CAMERA_ID, '"front"', "camera_id"),
+    (contract.K_CAMERA_ID, "-2", "camera_id"),
+    (contract.K_ALGO, "ppo", "algo"),
+    (contract.K_ALGO, "sac-state", "algo"),  # a state algorithm on a frame-stack graph
+    (contract.K_ENV, "", "env"),
+    (contract.K_IMAGE_LAYOUT, "NCHW float", "image_layout"),
+    (contract.K_PADDING, "zeros", "history_padding"),
+    (contract.K_TRAIN_ENV_STEPS, "-1", "training_env_steps"),
+    (contract.K_EXPORTER, "tf2onnx", "exporter"),
+    (contract.K_OPSET, "x", "opset"),
+    (contract.K_PRECISION, "int4", "precision"),
+    (contract.K_GATE, contract.GATE_SKIPPED, "gate"),  # an fp32 file is the gate's reference, never gated
+    ({contract.K_PRECISION: "int8"}, "", "needs sacae.gate"),
+    ({contract.K_PRECISION: "int8", contract.K_GATE: json.dumps({**GATE, "passed": False})}, "", "gate"),  # never published
+    ({contract.K_PRECISION: "fp16", contract.K_GATE: json.dumps({**GATE, "mean_variant": None})}, "", "gate"),
+    ({contract.K_PRECISION: "fp16", contract.K_GATE: "{"}, "", "gate"),
 ]
 
 
@@ -243,7 +251,20 @@ def test_bad_metadata_is_one_line(tmp_path: Path, key: str | dict[str, str], val
     assert words in text and "p.onnx" in text
 
 
-@pytest.mark.parametrize("interface, drop", [(C.I_STATE, C.K_STATE_DIM), (C.I_SLAC_STATEFUL, C.K_FEATURE_DIM)])
+@pytest.mark.parametrize("precision, gate, says", [
+    ("fp32", None, "(frame_stack, fp32) on CPU"),
+    ("int8", json.dumps(GATE), "int8, behaviour gate passed: return 99.5 vs fp32 100.0, max action diff 0.012 of the range"),
+    ("fp16", contract.GATE_SKIPPED, "fp16, behaviour gate skipped"),
+])
+def test_precision_and_gate_are_read_and_described(tmp_path: Path, precision: str, gate: str | None, says: str) -> None:
+    meta = {**metadata(), contract.K_PRECISION: precision, **({contract.K_GATE: gate} if gate else {})}
+    policy = Policy.load(craft(tmp_path / "p.onnx", meta, action=[0.0]), device="cpu")
+    assert policy.spec.precision == precision
+    assert policy.spec.gate == (contract.GateSummary(100.0, 99.5, 0.0123) if precision == "int8" else None)
+    assert says in policy.describe()
+
+
+@pytest.mark.parametrize("interface, drop", [(contract.I_STATE, contract.K_STATE_DIM), (contract.I_SLAC_STATEFUL, contract.K_FEATURE_DIM)])
 def test_interface_keys_are_required(tmp_path: Path, interface: str, drop: str) -> None:
     meta = metadata(interface)
     del meta[drop]
@@ -258,9 +279,9 @@ def test_graph_types_must_match_the_contract(tmp_path: Path) -> None:
 
 
 def test_slac_needs_a_history(tmp_path: Path) -> None:
-    meta = metadata(C.I_SLAC_STATELESS, frame_stack=1)
+    meta = metadata(contract.I_SLAC_STATELESS, frame_stack=1)
     with pytest.raises(PolicyError, match="frame_stack"):
-        Policy.load(craft(tmp_path / "p.onnx", meta, interface=C.I_SLAC_STATELESS, action=[0.0], s=2), device="cpu")
+        Policy.load(craft(tmp_path / "p.onnx", meta, interface=contract.I_SLAC_STATELESS, action=[0.0], s=2), device="cpu")
 
 
 # ------------------------------------------------------------------------------ property test
@@ -271,7 +292,7 @@ SPECIALS = ["", "null", "true", "NaN", "Infinity", "-Infinity", "0", "-1", "1.5"
 @st.composite
 def policy_cases(draw: st.DrawFn) -> tuple[dict[str, str], dict[str, Any], list[float], bool]:
     """(metadata, graph shape, constant action, mutated): valid metadata, then maybe one mutation."""
-    interface = draw(st.sampled_from(C.INTERFACES))
+    interface = draw(st.sampled_from(contract.INTERFACES))
     a = draw(st.integers(1, 3))
     low = draw(st.lists(st.floats(-10, 10, width=32), min_size=a, max_size=a))
     high = [lo + draw(st.floats(0.125, 10, width=32)) for lo in low]
@@ -288,9 +309,9 @@ def policy_cases(draw: st.DrawFn) -> tuple[dict[str, str], dict[str, Any], list[
                                    st.floats().map(json.dumps), st.text(max_size=20),
                                    st.lists(st.floats(), max_size=4).map(json.dumps)))
     elif mutation == "swap":
-        meta[C.K_ACTION_LOW], meta[C.K_ACTION_HIGH] = meta[C.K_ACTION_HIGH], meta[C.K_ACTION_LOW]
+        meta[contract.K_ACTION_LOW], meta[contract.K_ACTION_HIGH] = meta[contract.K_ACTION_HIGH], meta[contract.K_ACTION_LOW]
     elif mutation == "length":
-        meta[draw(st.sampled_from([C.K_ACTION_LOW, C.K_ACTION_HIGH]))] = json.dumps(low + [0.0])
+        meta[draw(st.sampled_from([contract.K_ACTION_LOW, contract.K_ACTION_HIGH]))] = json.dumps(low + [0.0])
     value = st.one_of(st.floats(-12, 12, width=32), st.floats(width=32),
                       st.sampled_from([math.nan, math.inf, -math.inf, 3e38, -3e38]))
     action = draw(st.lists(value, min_size=a, max_size=a))
@@ -302,7 +323,7 @@ def policy_cases(draw: st.DrawFn) -> tuple[dict[str, str], dict[str, Any], list[
 def test_policy_refuses_in_one_line_or_acts_finite_in_bounds(tmp_path: Path, case: Any) -> None:
     meta, shape, action, mutated = case
     path = craft(tmp_path / "p.onnx", meta, action=action, **shape)
-    obs = np.zeros(2) if shape["interface"] == C.I_STATE else np.zeros((8, 8, 3), np.uint8)
+    obs = np.zeros(2) if shape["interface"] == contract.I_STATE else np.zeros((8, 8, 3), np.uint8)
     try:
         policy = Policy.load(path, device="cpu")
         out = [policy.act(obs) for _ in range(2)]

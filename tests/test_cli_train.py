@@ -114,7 +114,7 @@ def test_usage_errors_are_one_line() -> None:
 
 
 def test_set_reaches_fields_that_also_have_flags(run_dir: Path) -> None:
-    from sacae_deploy.commands.train import resolve_run
+    from train.runs import resolve_run
 
     cfg = resolve_run("sac-ae", "cartpole-swingup", run_dir, None, None, "smoke",
                       ["seed=3", "env_steps=600", "device=cpu", "env=cartpole-swingup"], None, False)

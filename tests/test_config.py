@@ -42,3 +42,21 @@ def test_a_saved_config_is_checked_when_read_back() -> None:
         C.from_dict({**saved, "discount": -0.5})
     with pytest.raises(C.ConfigError, match="algo must be one of"):
         C.from_dict({**saved, "algo": "dqn"})
+
+
+def test_backend_replaces_the_speed_switches() -> None:
+    """`backend` took the place of twelve speed switches: a --set of one is an unknown key; a resumed
+    or exported run's config.json naming them maps to a backend (defaults: auto; any switched off,
+    the reference implementation's way: plain), in one line either way."""
+    assert C.resolve("sac-ae", "smoke").backend == "auto"
+    with pytest.raises(C.ConfigError, match="unknown config key 'channels_last'"):
+        C.resolve("sac-ae", "smoke", channels_last="false")
+    saved = C.to_dict(C.resolve("slac", "smoke"))
+    del saved["backend"]
+    old = {**saved, "channels_last": True, "encode_chunk": 512, "distinct_frames": True, "cuda_graphs": True}
+    assert C.resolve("slac", "smoke", old).backend == "auto" and C.from_dict(old).backend == "auto"
+    reference = {**old, "channels_last": False}
+    assert C.resolve("slac", "smoke", reference).backend == "plain" and C.from_dict(reference).backend == "plain"
+    assert C.resolve("slac", "smoke", reference, backend="fast-cpu").backend == "fast-cpu"  # --set wins
+    with pytest.raises(C.ConfigError, match="backend must be auto, plain, fast-cpu"):
+        C.from_dict({**saved, "backend": "gpu"})

@@ -11,7 +11,6 @@ import pytest
 
 from distractors import (
     BallDistractor,
-    BallOptions,
     DistractorCompositor,
     background_mask_from_segmentation,
     colour_key_mask,
@@ -257,6 +256,7 @@ def test_compositor_steps_once_per_frame() -> None:
         compositor(frame[:64, :64], seg[:64, :64])
 
 
+@pytest.mark.integration
 def test_import_needs_neither_torch_nor_mujoco() -> None:
     code = ("import sys, distractors; "
             "bad = {'torch', 'dm_control', 'mujoco'} & set(sys.modules); assert not bad, bad")
@@ -304,7 +304,7 @@ def test_training_env_background_is_seeded_per_episode_and_keeps_the_robot() -> 
     same ones), a new episode gets new balls, and non-background pixels equal the clean render."""
     pytest.importorskip("dm_control")
     from distractors import make_background
-    from train.envs import make_env
+    from sacae_deploy.sim.envs import make_env
 
     def frames(seed: int, background: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
         env = make_env("cartpole-swingup", 0, pixels=True, action_repeat=8, image_size=32, frame_stack=1,
@@ -329,9 +329,44 @@ def test_training_env_background_is_seeded_per_episode_and_keeps_the_robot() -> 
         make_background("fog")
 
 
-def test_frames_per_step_slows_the_balls() -> None:
+class _EmptyScene:
+    """A dm_control env stand-in whose camera sees no geom: every pixel is background."""
+
+    camera_id = 0
+
+    class physics:  # lower case: the attribute name dm_control envs have
+        @staticmethod
+        def render(height: int, width: int, camera_id: int = 0, segmentation: bool = False) -> np.ndarray:
+            if segmentation:
+                return np.full((height, width, 2), -1, np.int32)
+            return np.full((height, width, 3), 255, np.uint8)
+
+
+def _ball_track(frames_per_step: int, frames: int, size: int = 64, **options: object) -> np.ndarray:
+    """Where one ball is seen in each frame SimulatedBackground renders: the centre of the ball's
+    pixels (the distractor's own background is black), (frames, 2) as x, y."""
     from distractors import SimulatedBackground
 
-    fast, slow = SimulatedBackground(seed=1), SimulatedBackground(seed=1, frames_per_step=4)
-    fast_lo, fast_hi = fast.options.get("speed_range", BallOptions.speed_range)
-    assert slow.options["speed_range"] == pytest.approx((fast_lo / 4, fast_hi / 4))
+    background = SimulatedBackground(seed=1, frames_per_step=frames_per_step, num_balls=1, **options)
+    ys, xs = np.mgrid[:size, :size]
+    track = []
+    for _ in range(frames):
+        ball = background(_EmptyScene, size).any(axis=-1)
+        track.append((xs[ball].mean(), ys[ball].mean()))
+    return np.array(track)
+
+
+@pytest.mark.parametrize("speed_range", [None, (0.05, 0.08)], ids=["default-speed", "fast-with-bounces"])
+def test_frames_per_step_slows_the_balls(speed_range: tuple[float, float] | None) -> None:
+    """A camera that renders every control step (frames_per_step=4, the action repeat) sees a ball move
+    a quarter as far per frame as the once-per-agent-step renderer does, along the same path (wall
+    bounces included): its frame 4k+3 shows the ball where the other's frame k does."""
+    options = {} if speed_range is None else {"speed_range": speed_range}
+    per_step, per_frame = _ball_track(1, 40, **options), _ball_track(4, 160, **options)
+    step = np.linalg.norm(np.diff(per_step, axis=0), axis=1).mean()
+    frame = np.linalg.norm(np.diff(per_frame, axis=0), axis=1).mean()
+    assert step > 0.5  # the ball visibly moves (pixels per rendered frame) ...
+    assert frame == pytest.approx(step / 4, rel=0.1)  # ... and a quarter as far with frames_per_step=4
+    np.testing.assert_allclose(per_frame[3::4], per_step, atol=0.05)
+    if speed_range is not None:  # a path longer than the frame is wide: bounces are part of the comparison
+        assert 39 * step > 64

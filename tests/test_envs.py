@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.envs import ActionRepeat, DMCEnv, EnvError, FrameStack, PixelObservation, check_env_name, make_env
+from sacae_deploy.actions import ActionBounds
+from sacae_deploy.sim.envs import ActionRepeat, DMCEnv, EnvError, FrameStack, PixelObservation, check_env_name, make_env
 
 
 def test_pixel_stack_shapes_and_reset_repeats_first_frame() -> None:
@@ -76,3 +77,22 @@ def test_unknown_env_is_a_clear_error() -> None:
         check_env_name("cartpole-fly")
     with pytest.raises(EnvError, match="DOMAIN-TASK"):
         check_env_name("cartpole")
+
+
+def test_action_bounds_map_units_both_ways() -> None:
+    """One mapping (sacae_deploy.actions) for the simulator, the runtime and the export graphs:
+    [-1, 1] bounds change no float; other bounds round-trip; to_env clips agent actions first."""
+    unit = ActionBounds([-1.0, -1.0], [1.0, 1.0])
+    tiny = np.array([1e-8, -0.3], np.float32)
+    assert unit.identity and np.array_equal(unit.to_env(tiny), tiny) and np.array_equal(unit.to_unit(tiny), tiny)
+    wide = ActionBounds([-2.0, 0.0], [4.0, 1.0])
+    assert not wide.identity
+    np.testing.assert_array_equal(wide.to_env([1.0, -1.0]), [4.0, 0.0])
+    np.testing.assert_array_equal(wide.to_env([3.0, -7.0]), [4.0, 0.0])
+    np.testing.assert_allclose(wide.to_unit(wide.to_env([0.5, -0.25])), [0.5, -0.25], atol=1e-7)
+    env = DMCEnv("cartpole-swingup", 0, episode_length=10)
+    try:
+        assert env.action_bounds.identity
+        np.testing.assert_array_equal(env.action_low, env.action_bounds.low)
+    finally:
+        env.close()

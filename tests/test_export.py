@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,75 +19,28 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from helpers import SACAE
 from export import ExportError, export_agent, export_run
 from export.graphs import FrameStackPolicy, ToBounds
 from export.metadata import EnvFacts
-from sacae_deploy import contract as C
-from train import checkpoint
+from helpers import SACAE, Exports, Run, make_run
+from sacae_deploy import contract
 from train import config as TC
 from train.workspace import make_agent
 
-
-
-@dataclass
-class Run:
-    algo: str
-    dir: Path
-    cfg: Any
-    agent: Any  # the agent whose weights the checkpoint holds (training layout, untouched by export)
-
-
-def make_run(root: Path, algo: str) -> Run:
-    """A `sacae train`-shaped directory: config.json + checkpoints/ with non-trivial weights."""
-    cfg = TC.resolve(algo, "smoke", env="cartpole-swingup")
-    shape = {"sac-state": (5,), "slac": (3, 64, 64)}.get(algo, (3 * cfg.frame_stack, cfg.image_size, cfg.image_size))
-    torch.manual_seed(0)
-    agent = make_agent(cfg, shape, 1, torch.device("cpu"))
-    with torch.no_grad():  # zero biases and unit LayerNorms would leave parts of the graph untested
-        for module in agent.modules().values():
-            for p in module.parameters():
-                p.add_(0.05 * torch.randn_like(p))
-    agent.train_mode(False)
-    run_dir = root / algo
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(TC.to_dict(cfg)))
-    checkpoint.save(run_dir, 400, agent.state_dict(), {"env_step": 400}, None)
-    return Run(algo, run_dir, cfg, agent)
-
-
-_RUNS: dict[str, Run] = {}
-_EXPORTS: dict[tuple[str, str | None], Path] = {}
-
-
-def exported(root: Path, algo: str, history: str | None = None) -> tuple[Run, Path]:
-    """A run per algorithm and its exports, built once per test session (test_policy shares them).
-    The default (dynamo) exporter, except SLAC's stateless graph (legacy: a second exporter covered)."""
-    if algo not in _RUNS:
-        _RUNS[algo] = make_run(root, algo)
-    run = _RUNS[algo]
-    if (algo, history) not in _EXPORTS:
-        out = run.dir / ("policy.onnx" if history is None else f"{history}.onnx")
-        _EXPORTS[algo, history] = export_run(run.dir, out, history, legacy=history == "stateless").path
-    return run, _EXPORTS[algo, history]
+# Runs and their exports come from conftest's session-wide `exports` (shared with test_policy).
 
 
 @pytest.fixture(scope="session")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("export_runs")
-
-
-@pytest.fixture(scope="session")
-def cli_export(root: Path) -> tuple[Run, subprocess.CompletedProcess[str]]:
+def cli_export(exports: Exports) -> tuple[Run, subprocess.CompletedProcess[str]]:
     """`sacae export` run as a user would, on a sac-pixel run."""
-    run = make_run(root / "cli", "sac-pixel")
+    run = make_run(exports.root / "cli", "sac-pixel")
     proc = subprocess.run([*SACAE, "export", str(run.dir)], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl")))
     return run, proc
 
 
 def _stack(frames: np.ndarray) -> np.ndarray:
-    """train.envs.FrameStack's observation for frames (K, H, W, 3): CHW frames concatenated, oldest first."""
+    """sacae_deploy.sim.envs.FrameStack's observation for frames (K, H, W, 3): CHW frames concatenated, oldest first."""
     return np.concatenate([f.transpose(2, 0, 1) for f in frames], axis=0)
 
 
@@ -99,58 +51,58 @@ def _training_actions(run: Run, inputs: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("algo", ["sac-ae", "sac-state", "sac-pixel"])
-def test_onnxruntime_matches_the_training_agent(root: Path, cli_export: Any, algo: str) -> None:
+def test_onnxruntime_matches_the_training_agent(exports: Exports, cli_export: Any, algo: str) -> None:
     if algo == "sac-pixel":
         run, path = cli_export[0], cli_export[0].dir / "policy.onnx"
     else:
-        run, path = exported(root, algo)
+        run, path = exports(algo)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(7)
     for batch in (1, 2, 5):  # the batch dimension is dynamic
         if algo == "sac-state":
-            name, x = C.IN_STATE, rng.standard_normal((batch, 5)).astype(np.float32)
+            name, x = contract.IN_STATE, rng.standard_normal((batch, 5)).astype(np.float32)
         else:
             k, s = run.cfg.frame_stack, run.cfg.image_size
-            name, x = C.IN_FRAMES, rng.integers(1, 256, (batch, k, s, s, 3), dtype=np.uint8)
-        (got,) = session.run([C.OUT_ACTION], {name: x})
+            name, x = contract.IN_FRAMES, rng.integers(1, 256, (batch, k, s, s, 3), dtype=np.uint8)
+        (got,) = session.run([contract.OUT_ACTION], {name: x})
         np.testing.assert_allclose(got, _training_actions(run, x), atol=1e-5, rtol=0)
 
 
-def test_slac_exports_check_the_history_rollout(root: Path) -> None:
-    run, path = exported(root, "slac")
+def test_slac_exports_check_the_history_rollout(exports: Exports) -> None:
+    run, path = exports("slac")
     result = export_run(run.dir, out=run.dir / "again.onnx", legacy=True)  # the checks are part of every export
-    assert result.interface == C.I_SLAC_STATEFUL
+    assert result.interface == contract.I_SLAC_STATEFUL
     assert result.checks[0].startswith("parity:") and result.checks[1].startswith("rollout: 20 steps")
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert meta[C.K_INTERFACE] == C.I_SLAC_STATEFUL and meta[C.K_FRAME_STACK] == str(run.cfg.history_length)
-    assert meta[C.K_FEATURE_DIM] == str(run.agent.feature_dim) and meta[C.K_IMAGE_SIZE] == "64"
+    assert meta[contract.K_INTERFACE] == contract.I_SLAC_STATEFUL and meta[contract.K_FRAME_STACK] == str(run.cfg.history_length)
+    assert meta[contract.K_FEATURE_DIM] == str(run.agent.feature_dim) and meta[contract.K_IMAGE_SIZE] == "64"
     stateful = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in stateful.get_inputs()] == [C.IN_FRAME, C.IN_FEATURE_CACHE, C.IN_ACTION_CACHE, C.IN_RESET]
-    assert [o.name for o in stateful.get_outputs()] == [C.OUT_ACTION, C.OUT_FEATURE_CACHE, C.OUT_ACTION_CACHE]
-    stateless = ort.InferenceSession(str(exported(root, "slac", "stateless")[1]), providers=["CPUExecutionProvider"])
-    assert [i.name for i in stateless.get_inputs()] == [C.IN_FRAMES, C.IN_ACTIONS]
+    assert [i.name for i in stateful.get_inputs()] == [contract.IN_FRAME, contract.IN_FEATURE_CACHE, contract.IN_ACTION_CACHE, contract.IN_RESET]
+    assert [o.name for o in stateful.get_outputs()] == [contract.OUT_ACTION, contract.OUT_FEATURE_CACHE, contract.OUT_ACTION_CACHE]
+    stateless = ort.InferenceSession(str(exports("slac", "stateless")[1]), providers=["CPUExecutionProvider"])
+    assert [i.name for i in stateless.get_inputs()] == [contract.IN_FRAMES, contract.IN_ACTIONS]
 
 
-def test_metadata_carries_the_contract(root: Path) -> None:
-    run, path = exported(root, "sac-ae")
+def test_metadata_carries_the_contract(exports: Exports) -> None:
+    run, path = exports("sac-ae")
     model = onnx.load(str(path))
     meta = {p.key: p.value for p in model.metadata_props}
-    assert set(C.REQUIRED_KEYS) <= set(meta)
-    assert meta[C.K_ALGO] == "sac-ae" and meta[C.K_ENV] == "cartpole-swingup"
-    assert meta[C.K_INTERFACE] == C.I_FRAME_STACK
-    assert json.loads(meta[C.K_ACTION_LOW]) == [-1.0] and json.loads(meta[C.K_ACTION_HIGH]) == [1.0]
-    assert int(meta[C.K_ACTION_REPEAT]) == 8  # cartpole's row of the paper's table
-    assert int(meta[C.K_FRAME_STACK]) == 3 and json.loads(meta[C.K_IMAGE_SIZE]) == run.cfg.image_size
-    assert meta[C.K_IMAGE_LAYOUT] == C.IMAGE_LAYOUT and meta[C.K_PADDING] == C.PADDING_RULE
-    assert float(meta[C.K_CONTROL_TIMESTEP]) == pytest.approx(0.01)
-    assert meta[C.K_TRAIN_ENV_STEPS] == "400" and meta[C.K_EXPORTER] == "dynamo"
-    assert meta[C.K_OPSET] == "18" and meta[C.K_TORCH_VERSION] == torch.__version__
-    state_meta = {p.key: p.value for p in onnx.load(str(exported(root, "sac-state")[1])).metadata_props}
-    assert state_meta[C.K_STATE_DIM] == "5" and state_meta[C.K_INTERFACE] == C.I_STATE
+    assert set(contract.REQUIRED_KEYS) <= set(meta)
+    assert meta[contract.K_ALGO] == "sac-ae" and meta[contract.K_ENV] == "cartpole-swingup"
+    assert meta[contract.K_INTERFACE] == contract.I_FRAME_STACK
+    assert json.loads(meta[contract.K_ACTION_LOW]) == [-1.0] and json.loads(meta[contract.K_ACTION_HIGH]) == [1.0]
+    assert int(meta[contract.K_ACTION_REPEAT]) == 8  # cartpole's row of the paper's table
+    assert int(meta[contract.K_FRAME_STACK]) == 3 and json.loads(meta[contract.K_IMAGE_SIZE]) == run.cfg.image_size
+    assert meta[contract.K_IMAGE_LAYOUT] == contract.IMAGE_LAYOUT and meta[contract.K_PADDING] == contract.PADDING_RULE
+    assert float(meta[contract.K_CONTROL_TIMESTEP]) == pytest.approx(0.01)
+    assert meta[contract.K_TRAIN_ENV_STEPS] == "400" and meta[contract.K_EXPORTER] == "dynamo"
+    assert meta[contract.K_OPSET] == "18" and meta[contract.K_TORCH_VERSION] == torch.__version__
+    state_meta = {p.key: p.value for p in onnx.load(str(exports("sac-state")[1])).metadata_props}
+    assert state_meta[contract.K_STATE_DIM] == "5" and state_meta[contract.K_INTERFACE] == contract.I_STATE
 
 
-def test_one_self_contained_file_at_opset_18_without_sampling(root: Path) -> None:
-    run, path = exported(root, "sac-ae")
+def test_one_self_contained_file_at_opset_18_without_sampling(exports: Exports) -> None:
+    run, path = exports("sac-ae")
     assert sorted(p.name for p in run.dir.iterdir()) == ["checkpoints", "config.json", "policy.onnx"]
     model = onnx.load(str(path), load_external_data=False)
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
@@ -158,20 +110,20 @@ def test_one_self_contained_file_at_opset_18_without_sampling(root: Path) -> Non
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial"}
     inputs = {i.name: i for i in model.graph.input}
-    assert list(inputs) == [C.IN_FRAMES]
-    assert inputs[C.IN_FRAMES].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert list(inputs) == [contract.IN_FRAMES]
+    assert inputs[contract.IN_FRAMES].type.tensor_type.elem_type == onnx.TensorProto.UINT8
 
 
 def test_graph_maps_actions_to_the_env_bounds(tmp_path: Path) -> None:
     """DMC bounds are [-1, 1] (no node at all); other bounds are mapped inside the graph."""
-    cfg = TC.resolve("sac-ae", "smoke", channels_last=False)
+    cfg = TC.resolve("sac-ae", "smoke")
     facts = EnvFacts(2, [-2.0, 0.0], [4.0, 1.0], 0.01, 5)
     agent = make_agent(cfg, (9, cfg.image_size, cfg.image_size), 2, torch.device("cpu"))
     agent.train_mode(False)
     result = export_agent(agent, cfg, facts, tmp_path / "wide.onnx", legacy=True)
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     frames = np.random.default_rng(0).integers(1, 256, (4, 3, cfg.image_size, cfg.image_size, 3), np.uint8)
-    (got,) = session.run(None, {C.IN_FRAMES: frames})
+    (got,) = session.run(None, {contract.IN_FRAMES: frames})
     unit = np.stack([agent.act(_stack(f), mean=True) for f in frames])
     np.testing.assert_allclose(got, np.array([-2.0, 0.0]) + (unit + 1) / 2 * np.array([6.0, 1.0]), atol=1e-5)
     assert ToBounds(np.array([-1.0]), np.array([1.0])).identity
@@ -215,11 +167,11 @@ def test_cli_export_rejects_a_directory_that_is_not_a_run_in_one_line(tmp_path: 
     assert proc.stderr == f"error: {tmp_path} is not a `sacae train` run directory (no config.json)\n"
 
 
-def test_export_errors_say_what_is_wrong(tmp_path: Path, root: Path) -> None:
+def test_export_errors_say_what_is_wrong(tmp_path: Path, exports: Exports) -> None:
     with pytest.raises(ExportError, match="does not exist"):
         export_run(tmp_path / "nope")
     with pytest.raises(ExportError, match="--history applies to slac runs only; this is a sac-state run"):
-        export_run(exported(root, "sac-state")[0].dir, history="stateful")
+        export_run(exports("sac-state")[0].dir, history="stateful")
     (tmp_path / "config.json").write_text('{"algo": "dqn"}')
     with pytest.raises(ExportError, match="is not a readable run config"):
         export_run(tmp_path)

@@ -15,22 +15,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from test_export import exported  # the session's exported runs (built once, shared with test_export)
 
-from sacae_deploy import Policy
-from sacae_deploy import contract as C
+from helpers import Exports, Run
+from sacae_deploy import Policy, contract
 from sacae_deploy.errors import SacaeError
-from train.envs import FrameStack, PixelObservation, Step
+from sacae_deploy.sim.envs import FrameStack, PixelObservation, Step
 
 
 @pytest.fixture(scope="session")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("policy_runs")
-
-
-@pytest.fixture(scope="session")
-def sac_ae(root: Path) -> tuple[Any, Path]:
-    return exported(root, "sac-ae")
+def sac_ae(exports: Exports) -> tuple[Run, Path]:
+    """The session's sac-ae run and its export (conftest's `exports`, shared with test_export)."""
+    return exports("sac-ae")
 
 
 def _frames(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -48,14 +43,14 @@ class _FrameFeed:
 
 
 def _training_stacks(frames: np.ndarray, k: int, resets: set[int]) -> Iterator[np.ndarray]:
-    """Observations that train.envs.FrameStack(PixelObservation(...)) makes of `frames`."""
+    """Observations that sacae_deploy.sim.envs.FrameStack(PixelObservation(...)) makes of `frames`."""
     it = iter(frames)
     env = FrameStack(PixelObservation(_FrameFeed(), frames.shape[1], render=lambda e, s: next(it)), k)
     for t in range(len(frames)):
         yield env.reset() if t in resets else env.step(np.zeros(1, np.float32)).obs
 
 
-def test_act_stacks_frames_exactly_as_training(sac_ae: tuple[Any, Path]) -> None:
+def test_act_stacks_frames_exactly_as_training(sac_ae: tuple[Run, Path]) -> None:
     run, path = sac_ae
     policy = Policy.load(path, device="cpu")
     frames, resets = _frames(14, run.cfg.image_size), {0, 6, 7}  # two resets back to back
@@ -65,12 +60,12 @@ def test_act_stacks_frames_exactly_as_training(sac_ae: tuple[Any, Path]) -> None
         np.testing.assert_allclose(policy.act(frames[t]), run.agent.act(obs, mean=True), atol=1e-5, rtol=0)
 
 
-def test_reset_pads_with_the_first_frame(sac_ae: tuple[Any, Path]) -> None:
+def test_reset_pads_with_the_first_frame(sac_ae: tuple[Run, Path]) -> None:
     run, path = sac_ae
     policy = Policy.load(path, device="cpu")
     frames = _frames(5, run.cfg.image_size, seed=3)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (padded,) = session.run(None, {C.IN_FRAMES: np.stack([frames[0]] * run.cfg.frame_stack)[None]})
+    (padded,) = session.run(None, {contract.IN_FRAMES: np.stack([frames[0]] * run.cfg.frame_stack)[None]})
     first = policy.act(frames[0])
     np.testing.assert_allclose(first, padded[0], atol=1e-6)
     for f in frames[1:]:
@@ -79,7 +74,7 @@ def test_reset_pads_with_the_first_frame(sac_ae: tuple[Any, Path]) -> None:
     np.testing.assert_array_equal(policy.act(frames[0]), first)  # nothing of the old episode is left
 
 
-def test_act_returns_a_fresh_array(sac_ae: tuple[Any, Path]) -> None:
+def test_act_returns_a_fresh_array(sac_ae: tuple[Run, Path]) -> None:
     run, path = sac_ae
     policy = Policy.load(path, device="cpu")
     frames = _frames(2, run.cfg.image_size, seed=4)
@@ -90,10 +85,10 @@ def test_act_returns_a_fresh_array(sac_ae: tuple[Any, Path]) -> None:
     np.testing.assert_array_equal(a, keep)
 
 
-def test_state_policy_takes_the_state_vector(root: Path) -> None:
-    run, path = exported(root, "sac-state")
+def test_state_policy_takes_the_state_vector(exports: Exports) -> None:
+    run, path = exports("sac-state")
     policy = Policy.load(path, device="cpu")
-    assert policy.interface == C.I_STATE and policy.state_dim == 5 and policy.image_size is None
+    assert policy.interface == contract.I_STATE and policy.state_dim == 5 and policy.image_size is None
     state = np.random.default_rng(0).standard_normal(5)  # float64, as dm_control returns it
     np.testing.assert_allclose(policy.act(state), run.agent.act(state.astype(np.float32), mean=True), atol=1e-5)
     with pytest.raises(SacaeError, match=r"state has shape \(4,\), this policy takes \(5,\)"):
@@ -103,9 +98,9 @@ def test_state_policy_takes_the_state_vector(root: Path) -> None:
 
 
 @pytest.mark.parametrize("history", ["stateful", "stateless"])
-def test_slac_policy_keeps_the_training_history(root: Path, history: str) -> None:
+def test_slac_policy_keeps_the_training_history(exports: Exports, history: str) -> None:
     """Both SLAC graphs driven by Policy reproduce SlacAgent's own HistoryPolicy, resets included."""
-    run, path = exported(root, "slac", None if history == "stateful" else history)
+    run, path = exports("slac", None if history == "stateful" else history)
     policy = Policy.load(path, device="cpu")
     assert policy.interface == f"slac_{history}" and policy.frame_stack == run.cfg.history_length
     training = run.agent.episode_policy(mean=True)
@@ -118,12 +113,12 @@ def test_slac_policy_keeps_the_training_history(root: Path, history: str) -> Non
         np.testing.assert_allclose(policy.act(frame), training.act(obs), atol=1e-5, rtol=0)
 
 
-def test_metadata_and_attributes(sac_ae: tuple[Any, Path]) -> None:
+def test_metadata_and_attributes(sac_ae: tuple[Run, Path]) -> None:
     run, path = sac_ae
     policy = Policy.load(path.parent, device="cpu", threads=2)  # a run directory finds its policy.onnx
     assert policy.path == path
-    assert policy.metadata[C.K_ALGO] == "sac-ae" and set(C.REQUIRED_KEYS) <= set(policy.metadata)
-    assert (policy.algo, policy.env, policy.interface) == ("sac-ae", "cartpole-swingup", C.I_FRAME_STACK)
+    assert policy.metadata[contract.K_ALGO] == "sac-ae" and set(contract.REQUIRED_KEYS) <= set(policy.metadata)
+    assert (policy.algo, policy.env, policy.interface) == ("sac-ae", "cartpole-swingup", contract.I_FRAME_STACK)
     assert policy.action_repeat == 8 and policy.image_size == run.cfg.image_size and policy.frame_stack == 3
     assert policy.action_dim == 1 and policy.control_timestep == pytest.approx(0.01)
     assert policy.device == "cpu" and policy.providers == ["CPUExecutionProvider"] and policy.threads == 2
@@ -131,25 +126,85 @@ def test_metadata_and_attributes(sac_ae: tuple[Any, Path]) -> None:
     assert "\n" not in line and "sac-ae" in line and "on CPU, 2 threads" in line
 
 
-def test_device_choice_is_verified(sac_ae: tuple[Any, Path]) -> None:
-    path = sac_ae[1]
-    auto = Policy.load(path)  # auto: CUDA only if onnxruntime really starts it, else the CPU
-    assert auto.device == ("cuda" if "CUDAExecutionProvider" in auto.providers else "cpu")
-    try:
-        cuda = Policy.load(path, device="cuda")
-    except SacaeError as exc:
-        assert str(exc).startswith("device cuda: ") and "\n" not in str(exc)
-        assert auto.device == "cpu"
-    else:
-        assert cuda.device == "cuda" and cuda.providers[0] == "CUDAExecutionProvider"
-    with pytest.raises(SacaeError, match="device must be one of auto, cpu, cuda"):
-        Policy.load(path, device="tpu")
+CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+NO_CUDA_BUILD = ("device cuda: this onnxruntime build has no CUDAExecutionProvider "
+                 "(install onnxruntime-gpu, or use device auto / cpu)")
+CUDA_WONT_START = ("device cuda: onnxruntime could not start CUDA on this machine (no usable GPU or CUDA libraries); "
+                   "use device auto or cpu")
+
+
+def _onnxruntime_as_on(monkeypatch: pytest.MonkeyPatch, listed: list[str],
+                       started: list[str] | None) -> list[list[str]]:
+    """Make onnxruntime behave as on another machine: `listed` is what get_available_providers() says, and each
+    session runs on the CPU but reports `started` from get_providers() (None: every provider it was
+    asked for started), as onnxruntime reports a provider that failed to load by leaving it out.
+    Returns the provider lists that sessions were created with."""
+    real, asked = ort.InferenceSession, []
+
+    class Session:
+        def __init__(self, path: str, opts: Any = None, providers: list[str] | None = None) -> None:
+            asked.append(list(providers or []))
+            self._started = list(started if started is not None else providers or [])
+            self._session = real(path, opts, providers=[CPU_EP])
+
+        def get_providers(self) -> list[str]:
+            return self._started
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._session, name)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(listed))
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    return asked
+
+
+def test_device_auto_uses_cuda_when_it_really_starts(sac_ae: tuple[Run, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = _onnxruntime_as_on(monkeypatch, [CUDA_EP, CPU_EP], started=None)
+    for device in ("auto", "cuda"):
+        policy = Policy.load(sac_ae[1], device=device)
+        assert policy.device == "cuda" and policy.providers == [CUDA_EP, CPU_EP]
+        assert policy.describe().endswith(f"on GPU (CUDA) via onnxruntime {ort.__version__} [{CUDA_EP}]")
+    assert asked == [[CUDA_EP, CPU_EP]] * 2
+    cpu = Policy.load(sac_ae[1], device="cpu")  # cpu never asks for CUDA, even where it would start
+    assert asked[-1] == [CPU_EP] and cpu.device == "cpu" and cpu.providers == [CPU_EP]
+
+
+def test_device_auto_falls_back_to_the_cpu_when_cuda_does_not_start(sac_ae: tuple[Run, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU build on a machine without a usable GPU: CUDA is listed, asked for, and left out."""
+    asked = _onnxruntime_as_on(monkeypatch, ["TensorrtExecutionProvider", CUDA_EP, CPU_EP], started=[CPU_EP])
+    auto = Policy.load(sac_ae[1])
+    assert asked == [[CUDA_EP, CPU_EP]]  # auto tried CUDA (never TensorRT) ...
+    assert auto.device == "cpu" and auto.providers == [CPU_EP]  # ... and reports where it really runs
+    assert "on CPU" in auto.describe() and auto.describe().endswith(f"[{CPU_EP}]")
+    with pytest.raises(SacaeError) as err:
+        Policy.load(sac_ae[1], device="cuda")
+    assert str(err.value) == CUDA_WONT_START
+
+
+def test_device_cuda_on_a_cpu_only_build_is_refused(sac_ae: tuple[Run, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = _onnxruntime_as_on(monkeypatch, [CPU_EP], started=None)
+    with pytest.raises(SacaeError) as err:
+        Policy.load(sac_ae[1], device="cuda")
+    assert str(err.value) == NO_CUDA_BUILD and asked == []  # refused before any session was built
+    auto = Policy.load(sac_ae[1])
+    assert asked == [[CPU_EP]] and auto.device == "cpu" and auto.providers == [CPU_EP]
+
+
+def test_device_names_are_checked(sac_ae: tuple[Run, Path]) -> None:
+    with pytest.raises(SacaeError) as err:
+        Policy.load(sac_ae[1], device="tpu")
+    assert str(err.value) == "device must be one of auto, cpu, cuda, got 'tpu'"
+    with pytest.raises(SacaeError) as err:
+        Policy.load(sac_ae[1], device="cpu", threads=0)
+    assert str(err.value) == "threads must be >= 1, got 0"
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.integration
 def test_import_pulls_in_neither_torch_nor_the_simulator() -> None:
     proc = _run_python("""
         import sys
@@ -160,7 +215,7 @@ def test_import_pulls_in_neither_torch_nor_the_simulator() -> None:
     assert proc.stdout.strip() == "[]"
 
 
-def test_policy_works_with_torch_unimportable(sac_ae: tuple[Any, Path], tmp_path: Path) -> None:
+def test_policy_works_with_torch_unimportable(sac_ae: tuple[Run, Path], tmp_path: Path) -> None:
     run, path = sac_ae
     frames = _frames(4, run.cfg.image_size, seed=6)
     np.save(tmp_path / "frames.npy", frames)
@@ -186,7 +241,11 @@ def test_policy_works_with_torch_unimportable(sac_ae: tuple[Any, Path], tmp_path
     np.testing.assert_allclose(json.loads(proc.stdout), [reference.act(f) for f in frames], atol=1e-6)
 
 
-def test_no_onnxruntime_noise_when_cuda_is_refused(sac_ae: tuple[Any, Path]) -> None:
+def test_no_onnxruntime_noise_when_cuda_is_refused(sac_ae: tuple[Run, Path]) -> None:
+    """The real onnxruntime of this venv, asked for CUDA where it cannot start it: one line, our own."""
+    if Policy.load(sac_ae[1]).device == "cuda":
+        pytest.skip("CUDA starts on this machine: nothing is refused")
+    refusal = CUDA_WONT_START if CUDA_EP in ort.get_available_providers() else NO_CUDA_BUILD
     proc = _run_python(f"""
         from sacae_deploy import Policy
         from sacae_deploy.errors import SacaeError
@@ -196,7 +255,7 @@ def test_no_onnxruntime_noise_when_cuda_is_refused(sac_ae: tuple[Any, Path]) -> 
             print(exc)
     """)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert proc.stdout.count("\n") == 1
+    assert proc.stdout == refusal + "\n"
 
 
 def test_bad_files_are_named_clearly(tmp_path: Path) -> None:
@@ -215,7 +274,7 @@ def test_bad_files_are_named_clearly(tmp_path: Path) -> None:
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     with pytest.raises(SacaeError, match="plain.onnx is an ONNX model without sacae metadata"):
         Policy.load(tmp_path / "plain.onnx")
-    onnx.helper.set_model_props(plain, {C.K_FORMAT: C.FORMAT_VERSION, C.K_ALGO: "sac-ae"})
+    onnx.helper.set_model_props(plain, {contract.K_FORMAT: contract.FORMAT_VERSION, contract.K_ALGO: "sac-ae"})
     onnx.save(plain, str(tmp_path / "partial.onnx"))
     with pytest.raises(SacaeError, match="partial.onnx lacks sacae metadata keys sacae.env"):
         Policy.load(tmp_path / "partial.onnx")
@@ -228,7 +287,7 @@ def test_bad_files_are_named_clearly(tmp_path: Path) -> None:
     (np.zeros((32, 32, 3), np.float32), r"frame has dtype float32, this policy takes \(32, 32, 3\) uint8 RGB"),
     ([[0] * 3] * 32, r"frame must be a numpy array \(32, 32, 3\) uint8 RGB, got list"),
 ])
-def test_bad_frames_are_refused_with_what_to_fix(sac_ae: tuple[Any, Path], bad: Any, message: str) -> None:
+def test_bad_frames_are_refused_with_what_to_fix(sac_ae: tuple[Run, Path], bad: Any, message: str) -> None:
     policy = Policy.load(sac_ae[1], device="cpu")
     assert policy.image_size == 32
     with pytest.raises(SacaeError, match=message):

@@ -22,17 +22,15 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from helpers import sacae
-from test_export import Run, make_run
 
 from export import ExportError, PrecisionOptions, export_run
 from export import precision as P
 from export.gate import ACTION_BOUND, return_tolerance
-from sacae_deploy import Policy
-from sacae_deploy import contract as C
+from helpers import Run, make_run, sacae
+from sacae_deploy import Policy, contract
+from sacae_deploy.sim.envs import make_env
 from train import checkpoint
 from train import config as TC
-from train.envs import make_env
 from train.replay import FrameReplay
 
 CALIBRATION, GATE_EPISODES = 32, 2
@@ -98,11 +96,11 @@ def test_a_variant_keeps_the_interface_and_carries_its_gate(root: Path, algo: st
     run, fp32, path, lines = variant(root, algo, history, precision)
     assert io(path) == io(fp32)  # uint8 frames in, float32 actions (and caches) out
     meta, reference = metadata(path), metadata(fp32)
-    assert reference[C.K_PRECISION] == "fp32" and meta[C.K_PRECISION] == precision
-    assert {k: v for k, v in meta.items() if k not in (C.K_PRECISION, C.K_GATE, C.K_CALIBRATION)} == \
-        {k: v for k, v in reference.items() if k != C.K_PRECISION}
-    assert meta[C.K_CALIBRATION] == f"{CALIBRATION} decisions, {ENV} episodes from seed {P.CALIBRATION_SEED}"
-    gate = json.loads(meta[C.K_GATE])
+    assert reference[contract.K_PRECISION] == "fp32" and meta[contract.K_PRECISION] == precision
+    assert {k: v for k, v in meta.items() if k not in (contract.K_PRECISION, contract.K_GATE, contract.K_CALIBRATION)} == \
+        {k: v for k, v in reference.items() if k != contract.K_PRECISION}
+    assert meta[contract.K_CALIBRATION] == f"{CALIBRATION} decisions, {ENV} episodes from seed {P.CALIBRATION_SEED}"
+    gate = json.loads(meta[contract.K_GATE])
     assert gate["passed"] and gate["precision"] == precision and gate["episodes"] == GATE_EPISODES
     assert len(gate["returns_fp32"]) == len(gate["returns_variant"]) == GATE_EPISODES
     assert abs(gate["mean_variant"] - gate["mean_fp32"]) <= gate["return_tolerance"]
@@ -175,7 +173,7 @@ def test_cli_int8_export_calibrates_on_the_replay_and_gates(tmp_path: Path) -> N
     assert lines[3].startswith(f"wrote {out} (frame_stack, int8, dynamo exporter")
     assert "int8, behaviour gate passed" in lines[4]
     meta = metadata(out)
-    assert meta[C.K_PRECISION] == "int8" and json.loads(meta[C.K_GATE])["passed"]
+    assert meta[contract.K_PRECISION] == "int8" and json.loads(meta[contract.K_GATE])["passed"]
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
 
@@ -202,7 +200,7 @@ def test_no_gate_publishes_the_variant_marked_skipped(root: Path, tmp_path: Path
                            episode_length=run.cfg.episode_length)
     assert lines == ["gate: skipped (--no-gate): the variant's behaviour is unchecked"]
     meta = metadata(dst)
-    assert meta[C.K_GATE] == C.GATE_SKIPPED and meta[C.K_PRECISION] == "fp16" and C.K_CALIBRATION not in meta
+    assert meta[contract.K_GATE] == contract.GATE_SKIPPED and meta[contract.K_PRECISION] == "fp16" and contract.K_CALIBRATION not in meta
     assert "fp16, behaviour gate skipped" in Policy.load(dst, device="cpu").describe()
 
 

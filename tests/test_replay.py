@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sacae_deploy.history import history_index, start_history
 from train.replay import FrameReplay, ReplayError
 
 
@@ -70,6 +71,23 @@ def test_windows_padding_rule() -> None:
         expect = [float(max(t - k, 0)) if t - k > 0 else 0.0 for k in range(7, -1, -1)]
         assert actions[:, 0].tolist() == expect
         assert valid.tolist() == [t - k > 0 for k in range(7, -1, -1)]
+
+
+def test_one_padding_rule_for_replay_windows_and_episode_starts() -> None:
+    """history_index is the rule at any step; start_history (frame stacks, the runtime, the export
+    graphs) is the same rule at step 0: the first frame repeated, zero actions."""
+    back, real = history_index(np.array([0, 2, 9]), 4)
+    assert back.tolist() == [[0, 0, 0, 0], [2, 2, 1, 0], [3, 2, 1, 0]]
+    assert real.tolist() == [[False] * 3, [False, True, True], [True] * 3]
+    first = np.arange(12, dtype=np.uint8).reshape(3, 2, 2)
+    frames, actions = start_history(first, 4, action_dim=2)
+    assert len(frames) == 4 and all(f is first for f in frames)
+    assert actions is not None and actions.dtype == np.float32 and actions.tolist() == [[0.0, 0.0]] * 3
+    assert start_history(first, 4)[1] is None
+    replay = FrameReplay(100, (3, 2, 2), np.uint8, action_dim=2)
+    _fill(replay, [6])
+    slots, valid = replay._history_index(np.array([0]), 3)  # the episode's first slot: all padding
+    assert slots.tolist() == [[0, 0, 0, 0]] and not valid.any()
 
 
 def test_refuses_capacity_that_cannot_fit() -> None:

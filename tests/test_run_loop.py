@@ -4,6 +4,7 @@ fake clock, the JSON-lines schema, area resize, sources, CLI errors, and dmc par
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import subprocess
 import sys
@@ -13,11 +14,19 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from helpers import export_tiny_sac, sacae
+from helpers import sacae
 from sacae_deploy.policy import ActionStats
 from sacae_deploy.run_loop import JsonLines, RunError, run_loop
-from sacae_deploy.sources import (AreaResize, DMCSource, FrameError, FrameSource, ImagesSource, SourceError,
-                                  VideoSource, open_source)
+from sacae_deploy.sources import (
+    AreaResize,
+    DMCSource,
+    FrameError,
+    FrameSource,
+    ImagesSource,
+    SourceError,
+    VideoSource,
+    open_source,
+)
 
 DT = 0.01
 
@@ -195,7 +204,12 @@ def test_realtime_slow_source_counts_every_frame_late_without_catching_up() -> N
     summary = run_loop(FakePolicy(action_repeat=1, clock=clock, cost={i: 0.0 for i in range(6)}), slow(),
                        realtime=True, clock=clock, sleep=clock.sleep)
     assert summary.frames == 6 and summary.overruns == 5  # frame 0 was fetched before the clock started
-    assert summary.rate_hz < 1.0 / DT
+    # Frame j >= 1 arrives at t0 + (2j - 0.5) dt, after its slot's deadline: the next frame is released
+    # at the first slot still ahead, so every frame costs 2 slots (never a catch-up burst) and the
+    # run ends at the slot after frame 5, 11 dt after t0.
+    assert clock.sleeps == pytest.approx([DT] + [0.5 * DT] * 5)
+    assert summary.wall_s == pytest.approx(11 * DT)
+    assert summary.rate_hz == pytest.approx(6 / (11 * DT))  # ~55 Hz, well below the 100 Hz grid
 
 
 def test_realtime_on_time_run_keeps_the_grid() -> None:
@@ -224,7 +238,8 @@ def test_jsonl_schema(tmp_path: Path) -> None:
         else:
             assert r["latency_ms"] is None and r["held"]
     clock, lines = FakeClock(), []
-    run_loop(FakePolicy(clock=clock), Episodes(1, 4), realtime=True, on_frame=lines.append, clock=clock, sleep=clock.sleep)
+    run_loop(FakePolicy(clock=clock), Episodes(1, 4), realtime=True, on_frame=lines.append, clock=clock,
+             sleep=clock.sleep)
     assert set(lines[0]) == {"frame", "decision", "held", "action", "clipped", "latency_ms", "episode", "step",
                              "reward", "late"}
 
@@ -244,11 +259,29 @@ def test_empty_source_is_an_error() -> None:
 
 
 def test_summary_fields() -> None:
-    summary = run_loop(FakePolicy(action_repeat=1), (frame_of(i) for i in range(30)))
+    """Unpaced on a fake clock where every act() takes 0.2 control steps (2 ms) and nothing else
+    costs time: 30 frames take 60 ms of wall time, so the rate is 500 frames/s and so is every latency."""
+    clock = FakeClock()
+    summary = run_loop(FakePolicy(action_repeat=1, clock=clock), (frame_of(i) for i in range(30)), clock=clock,
+                       sleep=clock.sleep)
     d = summary.to_dict()
     assert set(d["latency_ms"]) == {"p50", "p95", "p99", "max", "mean"}
-    assert d["frames"] == d["decisions"] == 30 and d["rate_hz"] > 0 and d["overruns"] == 0
+    assert d["frames"] == d["decisions"] == 30 and d["overruns"] == 0 and clock.sleeps == []
+    assert d["wall_s"] == pytest.approx(30 * 0.2 * DT) and d["act_s"] == pytest.approx(30 * 0.2 * DT)
+    assert d["rate_hz"] == pytest.approx(1 / (0.2 * DT))
+    assert all(v == pytest.approx(0.2 * DT * 1e3) for v in d["latency_ms"].values())
     json.dumps(d)
+
+
+def test_realtime_on_the_real_clock_paces_frames_at_the_control_rate() -> None:
+    """time.perf_counter and time.sleep: 20 frames at dt = 10 ms take at least 20 slots (a loaded
+    machine can only make them later, never earlier), and the rate never exceeds 1/dt."""
+    summary = run_loop(FakePolicy(action_repeat=1), (frame_of(i) for i in range(20)), realtime=True)
+    assert summary.frames == 20
+    assert 20 * DT - 1e-3 <= summary.wall_s < 20 * DT + 2.0  # generous: other processes may starve us
+    assert summary.rate_hz <= 1 / DT * (1 + 1e-3)
+    unpaced = run_loop(FakePolicy(action_repeat=1), (frame_of(i) for i in range(20)))
+    assert unpaced.wall_s < summary.wall_s  # pacing is what took the time
 
 
 # ------------------------------------------------------------------------------------ frames & resize
@@ -296,22 +329,37 @@ def test_large_frames_are_resized_before_the_policy() -> None:
     assert policy.seen == [0, 1, 2]
 
 
-@pytest.mark.parametrize("bad, words", [
-    (np.zeros((8, 8, 3), np.float32), "float32"),
-    (np.zeros((8, 8), np.uint8), "(8, 8)"),
-    (np.zeros((8, 8, 4), np.uint8), "(8, 8, 4)"),
-    ([[0, 0, 0]], "list"),
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((8, 8, 3), np.float32), "frame 1: expected uint8 (H, W, 3) RGB, got float32 (8, 8, 3)"),
+    (np.zeros((8, 8), np.uint8), "frame 1: expected uint8 (H, W, 3) RGB, got uint8 (8, 8)"),
+    (np.zeros((8, 8, 4), np.uint8), "frame 1: expected uint8 (H, W, 3) RGB, got uint8 (8, 8, 4)"),
+    ([[0, 0, 0]], "frame 1: expected a numpy uint8 (H, W, 3) RGB array, got list"),
 ])
-def test_bad_frames_are_one_line_errors(bad: Any, words: str) -> None:
+def test_bad_frames_are_one_line_errors(bad: Any, message: str) -> None:
+    """The message names the frame's index, what a frame must be, and what this one was."""
     with pytest.raises(FrameError) as err:
         run_loop(FakePolicy(), [frame_of(0), bad])
-    message = str(err.value)
-    assert "\n" not in message and words in message and message.startswith("frame 1:")
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 8, 3), np.uint8), np.zeros((8, 8, 3), np.int16), "frame"])
+def test_one_frame_rule_for_sources_and_compositor(bad: Any) -> None:
+    """distractors.frames says what a camera frame is; the sources and the compositor both refuse by it."""
+    from distractors import composite
+    from distractors.frames import frame_fault
+    from sacae_deploy.sources import check_frame
+
+    assert frame_fault(bad) is not None and frame_fault(frame_of(0)) is None
+    with pytest.raises(FrameError):
+        check_frame(bad, 0)
+    with pytest.raises(ValueError, match="frame must be uint8"):
+        composite(bad, frame_of(0), np.ones((8, 8), bool))
 
 
 def test_bad_action_repeat() -> None:
-    with pytest.raises(RunError):
+    with pytest.raises(RunError) as err:
         run_loop(FakePolicy(), [frame_of(0)], action_repeat=0)
+    assert str(err.value) == "action repeat must be at least 1, got 0"
 
 
 # ------------------------------------------------------------------------------------ sources
@@ -332,20 +380,95 @@ def test_video_source_streams_frames(tmp_path: Path) -> None:
 
 
 def test_source_errors_are_one_line(tmp_path: Path) -> None:
-    (tmp_path / "junk.mp4").write_text("not a video")
-    cases = [f"video:{tmp_path / 'missing.mp4'}", f"video:{tmp_path / 'junk.mp4'}", f"images:{tmp_path / 'none'}",
-             f"images:{tmp_path}", "webcam:0", "video:"]
-    for spec in cases:
+    """Each message names the source and what is wrong with it, on one line."""
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video")
+    cases = {
+        f"video:{tmp_path / 'missing.mp4'}": f"video {tmp_path / 'missing.mp4'}: no such file",
+        f"images:{tmp_path / 'none'}": f"images {tmp_path / 'none'}: no such directory",
+        f"images:{tmp_path}": f"images {tmp_path}: no .png or .jpg files",
+        "webcam:0": "source 'webcam:0': expected one of dmc:DOMAIN-TASK, video:PATH, images:DIR, camera:INDEX",
+        "video:": "source 'video:': missing the video after 'video:'",
+        "dmc:": "source 'dmc': name the task, e.g. dmc:cartpole-swingup",
+    }
+    for spec, message in cases.items():
         with pytest.raises(SourceError) as err:
             open_source(spec, image_size=8)
-        assert "\n" not in str(err.value)
-    with pytest.raises(SourceError, match="dmc sources only"):
-        open_source(f"video:{tmp_path / 'junk.mp4'}", image_size=8, episodes=2)
+        assert str(err.value) == message
+    with pytest.raises(SourceError) as err:  # ffmpeg's own reason follows, on the same line
+        open_source(f"video:{junk}", image_size=8)
+    assert str(err.value).startswith(f"video {junk}: cannot read it (") and "\n" not in str(err.value)
+    with pytest.raises(SourceError) as err:
+        open_source(f"video:{junk}", image_size=8, episodes=2)
+    assert str(err.value) == "--seed, --episodes and --distractors apply to dmc sources only"
 
 
-def test_camera_without_opencv_or_device_is_a_clear_error() -> None:
-    with pytest.raises(SourceError, match="OpenCV|camera 97"):
+NO_OPENCV = "camera sources need OpenCV: pip install 'sacae-deploy[camera]'"
+NO_CAMERA_97 = "camera 97: cannot open it (no such camera, or it is in use)"
+
+
+class FakeCv2:
+    """The few cv2 calls CameraSource makes; `frames` (BGR) are what the camera delivers, and
+    None means no camera answers at that device."""
+
+    CAP_PROP_FPS, COLOR_BGR2RGB = 5, 4
+
+    def __init__(self, frames: list[np.ndarray] | None, fps: float = 30.0) -> None:
+        self.frames, self.fps, self.opened, self.released = frames, fps, [], 0
+        cv2 = self
+
+        class VideoCapture:
+            def __init__(self, device: int | str) -> None:
+                cv2.opened.append(device)
+                self._frames = iter(frames or [])
+
+            def isOpened(self) -> bool:
+                return frames is not None
+
+            def get(self, prop: int) -> float:
+                assert prop == cv2.CAP_PROP_FPS
+                return cv2.fps
+
+            def read(self) -> tuple[bool, np.ndarray | None]:
+                frame = next(self._frames, None)
+                return frame is not None, frame
+
+            def release(self) -> None:
+                cv2.released += 1
+
+        self.VideoCapture = VideoCapture
+
+    def cvtColor(self, image: np.ndarray, code: int) -> np.ndarray:
+        assert code == self.COLOR_BGR2RGB
+        return image[..., ::-1].copy()
+
+
+def test_camera_without_opencv_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
+    with pytest.raises(SourceError) as err:
         open_source("camera:97", image_size=8)
+    assert str(err.value) == NO_OPENCV
+
+
+def test_camera_that_does_not_open_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    cv2 = FakeCv2(frames=None)
+    monkeypatch.setitem(sys.modules, "cv2", cv2)
+    with pytest.raises(SourceError) as err:
+        open_source("camera:97", image_size=8)
+    assert str(err.value) == NO_CAMERA_97
+    assert cv2.opened == [97] and cv2.released == 1  # the index as an int; the handle is not leaked
+
+
+def test_camera_frames_reach_the_policy_as_rgb(monkeypatch: pytest.MonkeyPatch) -> None:
+    bgr = [frame_of(i)[..., ::-1].copy() for i in range(5)]  # what OpenCV delivers: channels reversed
+    cv2 = FakeCv2(frames=bgr, fps=25.0)
+    monkeypatch.setitem(sys.modules, "cv2", cv2)
+    policy = FakePolicy(action_repeat=1)
+    with open_source("camera:/dev/video2", image_size=8) as source:
+        assert source.fps == 25.0
+        summary = run_loop(policy, source)
+    assert cv2.opened == ["/dev/video2"] and cv2.released == 1
+    assert policy.seen == [0, 1, 2, 3, 4] and summary.frames == 5  # RGB again: the indices survive
 
 
 def test_images_source_natural_order(tmp_path: Path) -> None:
@@ -379,6 +502,7 @@ def test_dmc_source_holds_actions_and_counts_rewards() -> None:
 
 
 # ------------------------------------------------------------------------------------ torch-free & CLI
+@pytest.mark.integration
 def test_runtime_imports_no_torch_or_dm_control() -> None:
     code = ("import sys, sacae_deploy.cli, sacae_deploy.run_loop, sacae_deploy.sources, sacae_deploy.commands.run\n"
             "bad = [m for m in ('torch', 'dm_control', 'mujoco') if m in sys.modules]\n"
@@ -386,10 +510,12 @@ def test_runtime_imports_no_torch_or_dm_control() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.integration
 def test_cli_missing_model_is_one_line_exit_2(tmp_path: Path) -> None:
     proc = sacae("run", str(tmp_path / "missing.onnx"), "--source", "dmc")
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "missing.onnx" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr == (f"error: policy file {tmp_path / 'missing.onnx'} does not exist "
+                           "(create one with `sacae export RUN_DIR`)\n")
 
 
 # ------------------------------------------------------------------------------------ with a real exported policy
@@ -397,10 +523,11 @@ ENV, SIZE, K = "cartpole-swingup", 32, 8
 
 
 @pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
-    path = tmp_path_factory.mktemp("policy") / "policy.onnx"
-    cfg, agent = export_tiny_sac(path, ENV, SIZE, K)
-    return cfg, agent, path
+def tiny_policy(tiny_sac: tuple[Any, Any, Path]) -> tuple[Any, Any, Path]:
+    """The session-wide tiny SAC+AE export from conftest (cartpole-swingup, 32 px, action repeat 8)."""
+    cfg, _, path = tiny_sac
+    assert (cfg.env, cfg.image_size, cfg.action_repeat) == (ENV, SIZE, K)
+    return tiny_sac
 
 
 class OnnxAgent:
@@ -424,7 +551,7 @@ class OnnxAgent:
 
 def training_returns(path: Path, cfg: Any, seed: int, episodes: int, length: int) -> list[float]:
     """train.workspace.evaluate on the training env stack: ActionRepeat + FrameStack."""
-    from train.envs import make_env
+    from sacae_deploy.sim.envs import make_env
     from train.workspace import evaluate
 
     env = make_env(ENV, seed, pixels=True, action_repeat=K, image_size=SIZE, frame_stack=3, episode_length=length)
@@ -478,11 +605,15 @@ def test_cli_video_jsonl_and_record(tiny_policy: tuple[Any, Any, Path], tmp_path
 def test_cli_bad_inputs_are_one_line_exit_2(case: str, tiny_policy: tuple[Any, Any, Path], tmp_path: Path) -> None:
     _, _, path = tiny_policy
     model, source = str(path), f"video:{tmp_path / 'missing.mp4'}"
+    expected = f"video {tmp_path / 'missing.mp4'}: no such file"
     if case == "corrupt_model":
         model = str(tmp_path / "corrupt.onnx")
         Path(model).write_bytes(b"\x08\x07garbage" * 10)
+        expected = f"{model} is not a loadable ONNX model (Protobuf parsing failed.)"
     elif case == "no_camera":
         source = "camera:97"
+        # the subprocess runs this venv: without the camera extra it says so, with it no camera 97 opens
+        expected = NO_CAMERA_97 if importlib.util.find_spec("cv2") is not None else NO_OPENCV
     proc = sacae("run", model, "--source", source)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert proc.stderr == f"error: {expected}\n"

@@ -12,22 +12,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from sacae_deploy.contract import PADDING_RULE
 from train import config as C
-from train.decoder import PixelDecoder
-from train.encoder import ConvTrunk
-from train.layers import ConvTranspose2dConvGrad, channel_sums, is_channels_last, run_conv_stack
 from train.replay import FrameReplay
 from train.slac import HistoryPolicy, SlacAgent
-from train.slac_model import (DenseConv2d, DenseConvTranspose2d, FrameDecoder, FrameEncoder, Gaussian, LatentModel,
-                              UpConv2d, gaussian_kl, gaussian_log_prob)
+from train.slac_model import FrameDecoder, FrameEncoder, Gaussian, LatentModel, gaussian_kl, gaussian_log_prob
 
 A = 2  # action dim of the synthetic data
 
@@ -102,103 +97,6 @@ def test_paper_architecture_shapes() -> None:
     assert C.resolve("slac", "paper", env="ball_in_cup-catch").decoder_variance == 0.04
     assert C.resolve("slac", "paper", env="finger-spin").action_repeat == 1
     assert C.resolve("slac", "paper", env="cartpole-swingup").action_repeat == 4  # SLAC's table, not SAC+AE's 8
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("make, shape", [
-    (lambda: (DenseConv2d(8, 5, 4), nn.Conv2d(8, 5, 4)), (3, 8, 4, 4)),
-    (lambda: (DenseConvTranspose2d(6, 5, 4), nn.ConvTranspose2d(6, 5, 4)), (3, 6, 1, 1)),
-    (lambda: (UpConv2d(6, 4, 3), nn.ConvTranspose2d(6, 4, 3, 2, 1, 1)), (3, 6, 5, 5)),
-    (lambda: (UpConv2d(4, 3, 5), nn.ConvTranspose2d(4, 3, 5, 2, 2, 1)), (3, 4, 8, 8)),
-    (lambda: (UpConv2d(4, 3, 5, subpixel=True), nn.ConvTranspose2d(4, 3, 5, 2, 2, 1)), (3, 4, 8, 8)),
-    (lambda: (ConvTranspose2dConvGrad(4, 9, 3, 2, output_padding=1), nn.ConvTranspose2d(4, 9, 3, 2, output_padding=1)),
-     (4, 4, 5, 5)),  # SAC+AE's last layer
-], ids=["dense_conv", "dense_deconv", "up3", "up5", "up5_subpixel", "sac_ae_last"])
-def test_fast_layers_compute_the_plain_layers(make: Callable[[], tuple[nn.Module, nn.Module]], shape: tuple[int, ...],
-                                              channels_last: bool) -> None:
-    """The GEMM / adjoint-gradient layers are the paper's conv layers: same outputs and gradients."""
-    fast, plain = make()
-    plain.load_state_dict(fast.state_dict())
-    x = torch.randn(shape)
-    if channels_last:
-        fast, plain = fast.to(memory_format=torch.channels_last), plain.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    xs = [x.clone().requires_grad_(True) for _ in range(2)]
-    ys = [fast(xs[0]), plain(xs[1])]
-    torch.testing.assert_close(ys[0], ys[1], rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(ys[1])
-    for y in ys:
-        y.backward(grad)
-    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
-    for p, q in zip(fast.parameters(), plain.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.parametrize("shape", [(3, 32, 5, 7), (4, 9, 6, 6), (2, 3, 8, 8), (2, 3, 5, 5), (1, 16, 1, 1)])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_channel_sums_are_the_bias_gradient(shape: tuple[int, ...], channels_last: bool) -> None:
-    """Every path of channel_sums (per image, wide rows, torch's own) sums each channel over N, H, W."""
-    torch.manual_seed(0)
-    t = torch.randn(*shape)
-    if channels_last:
-        t = t.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(channel_sums(t), t.double().sum((0, 2, 3)).float())
-
-
-@pytest.mark.parametrize("stride, kernel", [(2, 5), (3, 7), (2, 1)])
-def test_subpixel_forward_is_the_transposed_conv(stride: int, kernel: int) -> None:
-    """The sub-pixel forward (one conv per output phase, then a pixel shuffle) computes the transposed
-    conv, with and without autograd, and comes out channels_last at stride x the input size."""
-    torch.manual_seed(0)
-    fast = UpConv2d(5, 3, kernel, stride, subpixel=True).to(memory_format=torch.channels_last)
-    plain = nn.ConvTranspose2d(5, 3, kernel, stride, (kernel - 1) // 2, stride - 1)
-    plain.load_state_dict(fast.state_dict())
-    x = torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last)
-    want = plain(x.contiguous())
-    for grad in (False, True):
-        with torch.set_grad_enabled(grad):
-            got = fast(x)
-        assert got.shape == (2, 3, 6 * stride, 7 * stride) and is_channels_last(got)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-
-
-def test_subpixel_refuses_a_shape_it_cannot_compute() -> None:
-    with pytest.raises(ValueError, match="subpixel"):
-        UpConv2d(4, 3, 3, subpixel=True)  # kernel 3, stride 2: phases reach 0..1, not symmetric
-
-
-@pytest.mark.parametrize("make, shape, op", [
-    (lambda: FrameEncoder(8).net, (4, 3, 64, 64), "_convolution_pointwise"),
-    (lambda: ConvTrunk(9, 4, 8).net, (4, 9, 21, 21), "_convolution_pointwise"),
-    (lambda: FrameDecoder(12, 8).net, (4, 12, 1, 1), "_convolution_transpose_pointwise"),
-    (lambda: PixelDecoder((9, 21, 21), 6, 4, 8).deconvs, (4, 8, 4, 4), "_convolution_transpose_pointwise"),
-], ids=["slac_encoder", "sac_ae_trunk", "slac_decoder", "sac_ae_decoder"])
-def test_conv_stacks_fuse_their_activations_without_changing_values(
-        make: Callable[[], nn.Sequential], shape: tuple[int, ...], op: str) -> None:
-    """channels_last CPU passes (target encodings, SLAC's batch encoding, acting, the decoders, and
-    the passes trained through) run each conv or transposed conv with its activation as one oneDNN
-    op: the plain layers' values and, through autograd, their gradients. The gradient a caller
-    hands in stays as it was (only the stack's own intermediate gradients are overwritten)."""
-    net = make().to(memory_format=torch.channels_last)
-    x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), torch.profiler.profile() as prof:
-        fused = run_conv_stack(net, x)
-    assert f"mkldnn::{op}" in {e.name for e in prof.events()}
-    with torch.no_grad():
-        plain = net(x)
-    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
-    grads = []
-    upstream = torch.linspace(-1, 1, plain.numel()).view_as(plain).contiguous(memory_format=torch.channels_last)
-    kept = upstream.clone()
-    for run in (lambda x: run_conv_stack(net, x), net):
-        xg = x.clone().requires_grad_()
-        run(xg).backward(upstream)
-        grads.append([xg.grad] + [p.grad for p in net.parameters()])
-        net.zero_grad(set_to_none=True)
-    assert torch.equal(upstream, kept)
-    for fused_grad, plain_grad in zip(*grads):
-        assert fused_grad is not None and fused_grad.abs().sum() > 0
-        torch.testing.assert_close(fused_grad, plain_grad, rtol=1e-5, atol=1e-6)
 
 
 def test_filter_and_heads_shapes() -> None:
@@ -343,8 +241,10 @@ def test_sac_update_encodes_each_distinct_frame_once_with_the_same_result() -> N
     assert encoded == [distinct, slots.size]
     assert metrics[0] == metrics[1]
     assert all(torch.equal(a, b) for a, b in zip(*params))
-    for distinct_frames in (True, False):  # the speed option picks what the agent samples
-        batch = _agent(distinct_frames=distinct_frames).sample_sac_batch(replay, np.random.default_rng(3))
+    for distinct_frames in (True, False):  # False: benchmarks/slac_update.py's reference-style mode
+        agent = _agent()
+        agent.distinct_frames = distinct_frames
+        batch = agent.sample_sac_batch(replay, np.random.default_rng(3))
         assert ("frame_of" in batch) == distinct_frames
 
 
@@ -425,7 +325,7 @@ def test_random_action_is_tanh_of_a_wide_gaussian() -> None:
 
 # ---------------------------------------------------------------------- export-facing modules
 def test_exporter_modules_give_the_acting_mean_action() -> None:
-    agent = _agent(channels_last=False)
+    agent = _agent(backend="plain")
     frames = np.stack([_frame(i) for i in range(8)])
     actions = np.random.default_rng(5).uniform(-1, 1, (7, A)).astype(np.float32)
     with torch.no_grad():

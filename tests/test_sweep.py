@@ -289,3 +289,20 @@ def test_resume_after_the_driver_is_killed_skips_finished_trials(tmp_path: Path)
     assert {p: p.stat().st_mtime_ns for p in first.rglob("*")} == before  # the finished trial was not touched
     assert [int(r["env_step"]) for r in _rows(second / "train.csv")] == list(range(200, 1001, 200))
     assert (second / "checkpoints" / "latest").read_text().startswith("step_000001000")
+
+
+@pytest.mark.slow
+def test_a_trial_that_cannot_resume_fails_once_with_its_own_message(tmp_path: Path) -> None:
+    """A damaged checkpoint fails the same way on every retry: the trial is not retried, and the
+    sweep's one-line error is the run's own message, not Ray's wrapper."""
+    out = tmp_path / "s"
+    args = ["sweep", "--algo", "sac-state", "--env", "cartpole-swingup", "--seeds", "1", "--preset", "smoke",
+            "--set", "checkpoint_every=200", "--out", str(out)]
+    sacae(*args, "--env-steps", "400", check=True)
+    folder = out / "trials" / "sac-state" / "cartpole-swingup" / "seed_1"
+    (folder / "checkpoints" / "step_000000400" / "manifest.json").unlink()
+    proc = sacae(*args, "--env-steps", "600", "--resume")
+    assert proc.returncode == 2
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: 1 trial(s) failed") and "manifest.json is missing" in error
+    assert "ray::" not in error and "retrying" not in proc.stderr

@@ -33,6 +33,10 @@ class SacFamilyAgent:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, m in self.modules().items():
+            own = m.state_dict()
+            if any(own[n].dim() == 2 and t.dim() == 4 for n, t in state.get(k, {}).items() if n in own):
+                raise CheckpointError(f"the checkpoint's {k} weights come from a version whose fast layers kept 4-d "
+                                      f"linear weights (before `backend`); resume or export it with that version")
             try:
                 m.load_state_dict(state[k])
             except RuntimeError as exc:  # shapes or names that are not this agent's

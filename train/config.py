@@ -8,28 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar
 
 from distractors import DISTRACTORS
 from sacae_deploy.contract import MAX_SEED, PADDING_RULE
-from sacae_deploy.errors import SacaeError
-
-# SAC+AE appendix B.3, table 3 (following PlaNet/SLAC). Used when `action_repeat` is left at 0.
-SAC_AE_ACTION_REPEAT = {
-    "cartpole": 8,
-    "reacher": 4,
-    "cheetah": 4,
-    "finger": 2,
-    "ball_in_cup": 4,
-    "walker": 2,
-}
-DEFAULT_ACTION_REPEAT = 4
-
-
-class ConfigError(SacaeError, ValueError):
-    """A bad configuration value; the CLI turns it into a one-line error and exit code 2."""
+from sacae_deploy.errors import ConfigError
+from sacae_deploy.policy import MAX_THREADS
+from sacae_deploy.sim.envs import DEFAULT_ACTION_REPEAT, SAC_AE_ACTION_REPEAT
+from sacae_deploy.sim.rendering import MAX_RENDER_SIZE
 
 
 @dataclass
@@ -53,6 +40,9 @@ class CommonConfig:
     checkpoint_every: int = 10_000  # environment steps; a checkpoint is also written at the end of a run
     save_video: bool = False  # an mp4 of the first eval episode at each evaluation
     device: str = "auto"
+    # The kernels (train.torch_utils.kernels): plain PyTorch, or train.fast's CPU kernels (the same
+    # math); auto = fast-cpu on a CPU, plain on a GPU. Checkpoints do not depend on it.
+    backend: str = "auto"
     threads: int = 0  # torch intra-op threads; 0 = all cores
     distractors: str = "none"
 
@@ -87,25 +77,7 @@ class SacConfig(CommonConfig):
     alpha_lr: float = 1e-4
     alpha_beta: float = 0.5
     updates_per_step: int = 1
-    # Speed options. The first seven change no math (benchmarks/sac_ae_update.py turns them off to
-    # time the reference implementation's way): channels_last conv layout; one conv-trunk pass on
-    # `obs` shared by the actor and decoder updates (same weights, same input, same output);
-    # multi-tensor Adam (`foreach_adam`: torch's fused kernel, one pass per step; 3x faster than the
-    # per-tensor loop here); the decoder's transposed-conv backward run as convolutions (train.layers);
-    # the CPU reconstruction loss in one fused pass (train.sac: its noise from its own seeded uniform
-    # stream; off: pass by pass from torch.rand noise, as the reference); the trunk's and decoder's
-    # ReLUs in place (off: a new map per ReLU, as the reference's torch.relu); pixels scaled to [0, 1]
-    # once per batch (`prepare_once`; off: the batch converted to float at sampling and divided by
-    # 255 in every encoder pass, as the reference).
-    # bf16 autocast is optional and does change rounding.
-    channels_last: bool = True
-    reuse_trunk: bool = True
-    foreach_adam: bool = True
-    deconv_conv_grad: bool = True
-    fused_reconstruction: bool = True
-    inplace_relu: bool = True
-    prepare_once: bool = True
-    bf16: bool = False
+    bf16: bool = False  # bf16 autocast of the conv passes: optional, and it changes rounding
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -176,7 +148,7 @@ def resolve(algo: str, preset: str = "paper", base: dict[str, Any] | None = None
         raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
     types = {f.name: type(f.default) for f in fields(cls)}
     # A resumed run's config.json may name fields this version no longer has.
-    values = {k: v for k, v in (presets[preset] if base is None else base).items() if k in types}
+    values = {k: v for k, v in (presets[preset] if base is None else _upgrade(base)).items() if k in types}
     for key, value in overrides.items():
         if key not in types:
             raise ConfigError(f"unknown config key {key!r} for {algo}")
@@ -206,7 +178,7 @@ AT_LEAST_ONE = ("episode_length", "image_size", "frame_stack", "replay_capacity"
                 "num_filters", "critic_target_update_freq", "actor_update_freq", "decoder_update_freq",
                 "model_batch_size", "sequence_length", "base_depth", "z1_dim", "z2_dim", "model_hidden",
                 "seed_episodes")
-NON_NEGATIVE = ("env_steps", "seed_steps", "threads", "updates_per_step", "pretrain_updates", "encode_chunk",
+NON_NEGATIVE = ("env_steps", "seed_steps", "threads", "updates_per_step", "pretrain_updates",
                 "critic_lr", "actor_lr", "encoder_lr", "decoder_lr", "alpha_lr", "model_lr", "decoder_latent_lambda",
                 "decoder_weight_lambda", "std_grad_clip", "random_action_scale")
 POSITIVE = ("init_temperature", "decoder_variance", "actor_std_scale")
@@ -214,21 +186,10 @@ UNIT_INTERVAL = ("discount", "critic_tau", "encoder_tau", "tau")  # [0, 1]
 ADAM_BETAS = ("critic_beta", "actor_beta", "alpha_beta")  # [0, 1), as torch.optim.Adam requires
 MIN_CAMERA_ID = -1  # dm_control's free camera; the model's own cameras are checked when the env is built
 # Upper bounds on sizes: 4x the papers' values or more, yet no single one can allocate absurd memory
-# (networks and activations grow with their square). Frames are rendered square into MuJoCo's
-# offscreen framebuffer, 640x480 in the DeepMind Control models (a larger render is an error deep
-# inside dm_control), hence at most 480 pixels.
-MAX_RENDER_SIZE = 480
+# (networks and activations grow with their square). Frames at most MAX_RENDER_SIZE (sim/rendering.py).
 AT_MOST = {"image_size": MAX_RENDER_SIZE, "frame_stack": 16, "num_conv_layers": 16, "num_filters": 256,
            "feature_dim": 1024, "hidden_dim": 4096, "batch_size": 1024, "model_batch_size": 256,
            "sequence_length": 64, "z1_dim": 1024, "z2_dim": 1024, "model_hidden": 4096, "base_depth": 128}
-MAX_THREADS = os.cpu_count() or 1  # more threads than cores only contend (ONNX Runtime's spin-wait crawls)
-
-
-def check_render_size(image_size: int) -> None:
-    """A policy's frames must fit the framebuffer for the simulator (`sacae run --source dmc`, `sacae eval`)."""
-    if image_size > MAX_RENDER_SIZE:
-        raise ConfigError(f"the simulator renders at most {MAX_RENDER_SIZE}x{MAX_RENDER_SIZE} frames (MuJoCo's "
-                          f"offscreen framebuffer); this policy takes {image_size}x{image_size}")
 
 
 def bounds_help() -> str:
@@ -272,6 +233,10 @@ def validate(cfg: CommonConfig) -> None:
     check(("reconstruction_bits",), lambda v: 1 <= v <= 8, "in [1, 8] (bits of a uint8 pixel)")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"backend must be {', '.join(BACKENDS)}, got {cfg.backend!r}")
+    if cfg.backend == "fast-cpu" and cfg.device == "cuda":
+        raise ConfigError("backend fast-cpu runs on the CPU, not with device cuda (use backend auto or plain)")
     if cfg.distractors not in DISTRACTORS:
         raise ConfigError(f"distractors must be one of {', '.join(DISTRACTORS)}, got {cfg.distractors!r}")
     if cfg.episode_length % cfg.action_repeat:
@@ -291,6 +256,23 @@ def conv_output_size(image_size: int, num_layers: int) -> int:
     return size - 2 * (num_layers - 1)
 
 
+BACKENDS = ("auto", "plain", "fast-cpu")
+# The speed switches that `backend` replaced, with their defaults (config.json files written before).
+LEGACY_SPEED_FIELDS = {"channels_last": True, "reuse_trunk": True, "foreach_adam": True, "deconv_conv_grad": True,
+                       "fused_reconstruction": True, "inplace_relu": True, "prepare_once": True, "encode_chunk": 512,
+                       "distinct_frames": True, "cuda_graphs": True}
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A config.json from before `backend`: its speed switches at their defaults are backend auto;
+    any switched away from its default (the reference implementation's way) is backend plain."""
+    old = {k: data[k] for k in LEGACY_SPEED_FIELDS if k in data}
+    if not old or "backend" in data:
+        return data
+    changed = any(v != LEGACY_SPEED_FIELDS[k] for k, v in old.items())
+    return {**data, "backend": "plain" if changed else "auto"}
+
+
 def to_dict(cfg: CommonConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -301,7 +283,7 @@ def from_dict(data: dict[str, Any]) -> CommonConfig:
         raise ConfigError(f"not a run config: algo must be one of {', '.join(ALGOS)}")
     cls, _ = ALGOS[data["algo"]]
     known = {f.name for f in fields(cls)}
-    values = {k: v for k, v in data.items() if k in known}
+    values = {k: v for k, v in _upgrade(data).items() if k in known}
     _check_types(cls, values)
     cfg = cls(**values)
     validate(cfg)
@@ -363,16 +345,7 @@ class SlacConfig(CommonConfig):
     actor_std_scale: float = 2.0  # C: the pre-tanh Gaussian's scale is multiplied by 2 (DeepMind Control)
     random_action_scale: float = 2.0  # C: seed actions tanh(N(0, 2^2))
     updates_per_step: int = 1  # C: one model and one SAC gradient step per agent step
-    # Speed options: channels_last conv layout, no-grad encoding in chunks of this many frames
-    # (0 = all at once; chunks bound the activation memory) and the SAC update encoding each distinct
-    # frame of its overlapping windows once (`distinct_frames`; off: every window position, as the
-    # reference) are the same math; bf16 autocast of the conv encoder/decoder is not (different
-    # rounding), hence off by default.
-    channels_last: bool = True
-    encode_chunk: int = 512
-    distinct_frames: bool = True
-    bf16: bool = False
-    cuda_graphs: bool = True  # on a GPU, each update replays as one CUDA graph (same kernels, one launch)
+    bf16: bool = False  # bf16 autocast of the conv encoder/decoder: different rounding, hence off
 
     def __post_init__(self) -> None:
         """Fill the values that depend on the env (action repeat, seed steps, pixel variance) and

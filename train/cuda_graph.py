@@ -1,10 +1,11 @@
 """A whole training step (forward, backward and optimizer steps) replayed as one CUDA graph.
 
 At paper sizes SLAC's updates are bound by kernel launches on a GPU, not by the GPU: a model update
-launches ~1,700 small kernels that keep an H100 busy for 6 ms of its 34 ms (benchmarks/slac_update.py
---device cuda). Captured once, a step costs one graph launch. This is PyTorch's "whole network
-capture" recipe: fixed input shapes, no host sync inside the step, optimizers built with
-`capturable=True`, and the step's random draws taken from the graph-safe CUDA generator.
+launches well over a thousand small kernels that keep the GPU busy for a fraction of the step
+(benchmarks/slac_update.py --device cuda measures it). Captured once, a step costs one graph
+launch. This is PyTorch's "whole network capture" recipe: fixed input shapes, no host sync inside
+the step, optimizers built with `capturable=True`, and the step's random draws taken from the
+graph-safe CUDA generator.
 """
 
 from __future__ import annotations

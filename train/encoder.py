@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from train.config import conv_output_size
-from train.layers import MapLinear, run_conv_stack, unit_pixels
+from train.layers import FlattenLinear, unit_pixels
 
 
 class ConvTrunk(nn.Module):
@@ -14,30 +14,23 @@ class ConvTrunk(nn.Module):
 
     Takes uint8 (or 0..255 float) stacked frames (B, C, H, W) and scales them by 1/255 (B.6).
     This module is the one the actor and critic share (tied weights). `prepare` and `run` split
-    that in two so an update converts each batch once and reuses it for every pass over it;
-    `scale_each_pass` keeps the reference implementation's way instead (the batch made float once,
-    divided by 255 in every pass: the same values, one more pass over the batch each time).
+    that in two so an update converts each batch once and reuses it for every pass over it.
     """
 
-    def __init__(self, in_channels: int, num_layers: int = 4, num_filters: int = 32, inplace: bool = True,
-                 scale_each_pass: bool = False) -> None:
+    def __init__(self, in_channels: int, num_layers: int = 4, num_filters: int = 32) -> None:
         super().__init__()
-        # In-place ReLUs (`inplace`): a conv's backward needs its input, never its output.
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, num_filters, 3, stride=2), nn.ReLU(inplace)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, num_filters, 3, stride=2), nn.ReLU()]
         for _ in range(num_layers - 1):
-            layers += [nn.Conv2d(num_filters, num_filters, 3, stride=1), nn.ReLU(inplace)]
+            layers += [nn.Conv2d(num_filters, num_filters, 3, stride=1), nn.ReLU()]
         self.net = nn.Sequential(*layers)
-        self.scale_each_pass = scale_each_pass
 
     def prepare(self, obs: torch.Tensor) -> torch.Tensor:
-        """frames -> what `run` takes: floats in [0, 1] (B.6), or in 0..255 with `scale_each_pass`."""
-        return obs.float() if self.scale_each_pass else unit_pixels(obs)
+        """frames -> what `run` takes: floats in [0, 1] (B.6)."""
+        return unit_pixels(obs)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """The conv layers on a `prepare`d input."""
-        if self.scale_each_pass:
-            x = x / 255.0  # unit_pixels' values
-        return run_conv_stack(self.net, x)
+        return self.net(x)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.run(self.prepare(obs))
@@ -72,12 +65,11 @@ class PixelEncoder(Encoder):
         super().__init__()
         self.trunk = trunk or ConvTrunk(obs_shape[0], num_layers, num_filters)
         out = conv_output_size(obs_shape[-1], num_layers)
-        self.fc = MapLinear((num_filters, out, out), feature_dim)
+        self.fc = FlattenLinear(num_filters * out * out, feature_dim)
         self.ln = nn.LayerNorm(feature_dim)
         self.feature_dim = feature_dim
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        # fc reads the trunk's maps in their own memory layout (no channels_last -> NCHW copy).
         return torch.tanh(self.ln(self.fc(h)))
 
 

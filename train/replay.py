@@ -7,7 +7,7 @@ slot's step index within its episode (0 for the first observation after a reset)
 (o_t, a, r, o_{t+1}) is the pair of consecutive slots (g, g+1) with step(g+1) > 0, so a reset never
 joins two episodes. History before an episode's start is padded by one rule, shared by stacks and
 SLAC windows and the runtime: repeat the episode's first frame, zero the actions and rewards
-(`sacae_deploy.contract.PADDING_RULE`).
+(`sacae_deploy.history.history_index`, the contract's PADDING_RULE).
 
 Per slot at 84x84: 21,168 B of frame + 4*A (action) + 4 (reward) + 4 (discount) + 4 (step).
 The reference implementation stores obs and next_obs stacks per transition (127,040 B).
@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sacae_deploy.contract import PADDING_RULE
 from sacae_deploy.errors import SacaeError
 from sacae_deploy.files import fsync_dir, synced
+from sacae_deploy.history import history_index
 from train.checkpoint import CheckpointError
 
 CHUNK_SLOTS = 4096
@@ -59,8 +59,6 @@ def available_memory_bytes() -> int:
 class FrameReplay:
     """`sample` and `sample_windows` return observations as numpy arrays, or as torch tensors on
     `device` where one is given (the other fields stay small numpy arrays)."""
-
-    padding_rule = PADDING_RULE  # recorded in config.json and in exported ONNX metadata
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: Any, action_dim: int,
                  check_memory: bool = True, headroom_bytes: int = 2 << 30, device: torch.device | None = None) -> None:
@@ -157,16 +155,16 @@ class FrameReplay:
                 return np.concatenate(out)[:batch]
         raise ReplayError("could not draw valid transitions (are all episodes a single step?)")
 
-    def _history_index(self, g: np.ndarray, back: int) -> np.ndarray:
-        """Slots of frames g-back..g (oldest first), repeating the episode's first frame before its start."""
-        s = self.step[g % self.capacity][:, None]
-        k = np.arange(back, -1, -1)[None, :]
-        return (g[:, None] - np.minimum(k, s)) % self.capacity
+    def _history_index(self, g: np.ndarray, back: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of frames g-back..g (oldest first), repeating the episode's first frame before its
+        start, and which of the `back` actions between them are real (the padding rule)."""
+        steps_back, real = history_index(self.step[g % self.capacity], back + 1)
+        return (g[:, None] - steps_back) % self.capacity, real
 
     def sample(self, batch: int, rng: np.random.Generator, stack: int) -> dict[str, Any]:
         """SAC batch: obs and next_obs as (B, stack*C, H, W) (or (B, S) for states), action, reward, discount."""
         g = self._draw(rng, batch, stack - 1, need_next=True)
-        idx = self._history_index(g, stack - 1)
+        idx, _ = self._history_index(g, stack - 1)
         nxt = (g + 1) % self.capacity
         frames = self._observations(np.concatenate([idx, nxt[:, None]], axis=1))  # (B, stack+1, ...)
         b = len(g)
@@ -192,11 +190,9 @@ class FrameReplay:
         frame once: "frames" is then (K, *obs_shape), the distinct frames in slot order, and
         "frame_of" (B, length+1) each window position's row in it. The same windows from the same rng."""
         g = self._draw(rng, batch, length, need_next=False)
-        idx = self._history_index(g, length)
+        idx, valid = self._history_index(g, length)
         step_idx = idx[:, 1:]
         # Action/reward at a padded position, or at an episode's first slot, is not a real step.
-        offsets = np.arange(length - 1, -1, -1)[None, :]
-        valid = (self.step[g % self.capacity][:, None] - offsets) > 0
         mask = valid.astype(np.float32)
         out = {
             "action": self.action[step_idx] * mask[..., None],

@@ -12,18 +12,16 @@ then the decoder.
 
 Same math, less work: after the critic step the actor update and the decoder update both encode the
 same `obs` with the same trunk weights, so the trunk runs once (with grad, for the decoder) and the
-actor uses that output detached; each batch tensor is converted to float once for all its passes;
-on the CPU the reconstruction loss is one fused pass over the batch (`_CpuReconstructionLoss`).
+actor uses that output detached; each batch tensor is converted to float once for all its passes.
+The backend's kernels (`cfg.backend`, train.backend.kernels) run the layers, Adam and the
+reconstruction loss: plain PyTorch, or train.fast's CPU kernels (the same math).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -32,11 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.agent_base import SacFamilyAgent
+from train.backend import kernels
 from train.config import SacConfig
 from train.decoder import PixelDecoder
 from train.encoder import ConvTrunk, IdentityEncoder, PixelEncoder
-from train.layers import channels_last_copy, mean_squared_error
-from train.torch_utils import FusedAdam, soft_update, weight_init
+from train.reconstruction import noise_seeds
+from train.torch_utils import weight_init
 
 
 def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
@@ -121,10 +120,9 @@ class SacAgent(SacFamilyAgent):
         self.device = device
         self.action_dim = action_dim
         self.pixels = cfg.algo != "sac-state"
-        self.channels_last = self.pixels and cfg.channels_last
+        self.kernels = kernels(cfg.backend, device)
         if self.pixels:
-            trunk = ConvTrunk(obs_shape[0], cfg.num_conv_layers, cfg.num_filters, inplace=cfg.inplace_relu,
-                              scale_each_pass=not cfg.prepare_once)
+            trunk = ConvTrunk(obs_shape[0], cfg.num_conv_layers, cfg.num_filters)
             # One trunk object for both encoders: tied conv weights (B.2).
             critic_enc: nn.Module = PixelEncoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters,
                                                  trunk=trunk)
@@ -141,17 +139,14 @@ class SacAgent(SacFamilyAgent):
         self.critic_target = copy.deepcopy(self.critic)
         self.decoder: PixelDecoder | None = None
         if cfg.algo == "sac-ae":
-            self.decoder = PixelDecoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters,
-                                        conv_grad=cfg.deconv_conv_grad, inplace=cfg.inplace_relu)
+            self.decoder = PixelDecoder(obs_shape, cfg.feature_dim, cfg.num_conv_layers, cfg.num_filters)
             self.decoder.apply(weight_init)
         for m in self.modules().values():
-            m.to(device)
-            if self.channels_last:
-                m.to(memory_format=torch.channels_last)
+            self.kernels.accelerate(m.to(device))
         self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=device, requires_grad=True)
         self.target_entropy = -float(action_dim)
 
-        opt = self._adam
+        opt = self.kernels.adam
         trunk_ids = {id(p) for p in critic_enc.trunk.parameters()} if self.pixels else set()
         actor_params = [p for p in self.actor.parameters() if id(p) not in trunk_ids]  # actor never moves the trunk
         self.actor_opt = opt(actor_params, cfg.actor_lr, (cfg.actor_beta, 0.999))
@@ -163,13 +158,6 @@ class SacAgent(SacFamilyAgent):
             self.decoder_opt = opt(self.decoder.parameters(), cfg.decoder_lr, (0.9, 0.999),
                                    weight_decay=cfg.decoder_weight_lambda)  # lambda_theta (B.5)
         self.train_mode(True)
-
-    def _adam(self, params: Any, lr: float, betas: tuple[float, float], weight_decay: float = 0.0) -> torch.optim.Adam:
-        # foreach_adam: torch's fused Adam (FusedAdam: no layout copies), one pass over every tensor of
-        # the group per step instead of several per tensor (the reference's loop); the same update rule.
-        if self.cfg.foreach_adam:
-            return FusedAdam(params, lr, betas, weight_decay)
-        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, foreach=False)
 
     # ------------------------------------------------------------------ bookkeeping
     def modules(self) -> dict[str, nn.Module]:
@@ -187,9 +175,7 @@ class SacAgent(SacFamilyAgent):
 
     def _obs(self, obs: np.ndarray) -> torch.Tensor:
         t = torch.as_tensor(obs, device=self.device)
-        if self.channels_last:
-            t = channels_last_copy(t)
-        return t
+        return self.kernels.frames(t) if self.pixels else t
 
     def prepare(self, obs: torch.Tensor) -> torch.Tensor:
         """Observations as the networks take them (pixels as floats, `ConvTrunk.prepare`): what the
@@ -236,7 +222,7 @@ class SacAgent(SacFamilyAgent):
             metrics = self.update_critic(x, action, reward, discount, next_x)
         trunk_out: torch.Tensor | None = None
         decode = self.decoder is not None and step % cfg.decoder_update_freq == 0
-        if decode and cfg.reuse_trunk:
+        if decode:
             with phase("decoder"), self._autocast():
                 # Post-critic-step weights: the actor's and the decoder's heads share this pass.
                 trunk_out = self.critic.encoder.trunk.run(x)
@@ -246,13 +232,10 @@ class SacAgent(SacFamilyAgent):
         if step % cfg.critic_target_update_freq == 0:
             with phase("target"):
                 for src, tgt in zip(self.critic.heads(), self.critic_target.heads()):
-                    soft_update(src, tgt, cfg.critic_tau)
-                soft_update(self.critic.encoder, self.critic_target.encoder, cfg.encoder_tau)
-        if decode:
+                    self.kernels.soft_update(src, tgt, cfg.critic_tau)
+                self.kernels.soft_update(self.critic.encoder, self.critic_target.encoder, cfg.encoder_tau)
+        if trunk_out is not None:
             with phase("decoder"):
-                if trunk_out is None:
-                    with self._autocast():
-                        trunk_out = self.critic.encoder.trunk.run(x)
                 metrics.update(self.update_decoder(obs, trunk_out, rng))
         return metrics
 
@@ -278,10 +261,8 @@ class SacAgent(SacFamilyAgent):
         with self._autocast():
             # The actor never updates the trunk (B.2): its gradients stop at the trunk output.
             h = (trunk_out if trunk_out is not None else encoder.trunk.run(x)).detach()
-            # Without reuse_trunk the critic re-encodes obs, as the reference does (same result).
-            h_critic = h if self.cfg.reuse_trunk else encoder.trunk.run(x).detach()
             pi, log_pi = self.actor.sample(self.actor.encoder.head(h))
-            q1, q2 = self.critic.q(self.critic.encoder.head(h_critic), pi)
+            q1, q2 = self.critic.q(self.critic.encoder.head(h), pi)
         log_pi = log_pi.float()
         actor_loss = (self.alpha.detach() * log_pi - torch.min(q1, q2).float()).mean()
         self._descend(self.actor_opt, actor_loss)  # no gradients for the critic it runs through
@@ -297,12 +278,12 @@ class SacAgent(SacFamilyAgent):
                        rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """RAE loss (B.5): 5-bit reconstruction + lambda_z * latent L2; lambda_theta is Adam weight decay.
         obs: the raw frames (the reconstruction target); trunk_out: the trunk's output on them; rng
-        draws the dequantisation noise."""
+        seeds the dequantisation noise (`noise_seeds`)."""
         assert self.decoder is not None and self.encoder_opt is not None and self.decoder_opt is not None
         with self._autocast():
             z = self.critic.encoder.head(trunk_out)
             rec = self.decoder(z)
-        rec_loss = reconstruction_loss(rec.float(), obs, self.cfg.reconstruction_bits, rng, self.cfg.fused_reconstruction)
+        rec_loss = self.kernels.reconstruction_loss(rec.float(), obs, self.cfg.reconstruction_bits, noise_seeds(rng))
         # As the reference implementation: 0.5 * ||z||^2 per sample, averaged over the batch.
         latent_loss = (0.5 * z.float().pow(2).sum(-1)).mean()
         loss = rec_loss + self.cfg.decoder_latent_lambda * latent_loss
@@ -312,88 +293,3 @@ class SacAgent(SacFamilyAgent):
         self.encoder_opt.step()
         self.decoder_opt.step()
         return {"ae_loss": loss.detach(), "rec_loss": rec_loss.detach()}
-
-
-def reconstruction_loss(rec: torch.Tensor, obs: torch.Tensor, bits: int, rng: np.random.Generator,
-                        fused: bool = True) -> torch.Tensor:
-    """The RAE reconstruction term (B.5, B.6): F.mse_loss(rec, reconstruction_target(obs, bits, u))
-    with u ~ U[0, 1) dequantisation noise. On the CPU fused (`_CpuReconstructionLoss`, its noise
-    seeded by one draw of the update's seeded `rng`); on a GPU, or with `fused` off, pass by pass
-    as the reference implementation computes it, u from torch.rand (torch's seeded stream)."""
-    cpu = rec.device.type == "cpu"
-    if fused and cpu:
-        return _CpuReconstructionLoss.apply(rec, obs, bits, int(rng.integers(2**63)))
-    target = reconstruction_target(obs, bits, torch.rand(obs.shape, device=obs.device))
-    # The reference's F.mse_loss on the CPU; on a GPU the MSE whose gradient keeps the maps' layout.
-    return (F.mse_loss if cpu else mean_squared_error)(rec, target)
-
-
-# Fixed, so that the noise never depends on the machine's core count.
-_NOISE_CHUNKS = 4
-
-
-@functools.cache
-def _noise_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(min(_NOISE_CHUNKS, os.cpu_count() or 1), thread_name_prefix="sacae-rae")
-
-
-def _in_noise_chunks(batch: int, seed: int, work: Callable[[np.random.Generator, np.ndarray], None]) -> None:
-    """work(generator, sample indices) for each of `_NOISE_CHUNKS` runs of samples, in parallel
-    (numpy runs without the GIL); each run's PCG64 is seeded from (seed, run), and draws its
-    samples' noise in order, (H, W, C) within a sample, so the values depend on neither the core
-    count nor the memory layout."""
-    runs = np.array_split(np.arange(batch), _NOISE_CHUNKS)
-    gens = [np.random.default_rng([seed, i]) for i in range(_NOISE_CHUNKS)]
-    list(_noise_pool().map(work, gens, runs))
-
-
-class _CpuReconstructionLoss(torch.autograd.Function):
-    """`reconstruction_loss` on the CPU in one pass over the batch instead of seven (noise, target,
-    difference, squared sums, gradient: each 32 MB for a paper batch, and this VM's memory is slow):
-    one sample at a time, while its 250 KB sit in the L2 cache, in parallel runs of samples, each
-    drawing its samples' noise (`_in_noise_chunks`). The target is reconstruction_target's, rounded
-    as written (scaling by 2^-bits is exact, so fl(u + q) / 2^bits = fl(u / 2^bits + q / 2^bits)).
-    The gradient for an upstream gradient of 1 (the RAE loss adds this term unscaled) is kept from
-    the forward pass."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, rec: torch.Tensor, obs: torch.Tensor, bits: int,
-                seed: int) -> torch.Tensor:
-        grad = torch.empty_like(rec)
-        r, o, g = rec.detach().numpy(), obs.numpy(), grad.numpy()
-        sums = np.zeros(len(rec))
-        hwc = (*rec.shape[2:], rec.shape[1])
-        scale, grad_scale = np.float32(2.0**-bits), np.float32(2.0 / rec.numel())
-
-        def chunk(gen: np.random.Generator, samples: np.ndarray) -> None:
-            noise, levels = np.empty(hwc, np.float32), np.empty(hwc, np.uint8)
-            for n in samples:  # (C, H, W) -> (H, W, C) views: the noise order; no copies
-                target = gen.random(out=noise, dtype=np.float32)
-                np.add(target, np.right_shift(o[n].transpose(1, 2, 0), 8 - bits, out=levels), out=target)
-                target *= scale
-                target -= np.float32(0.5)
-                diff = g[n].transpose(1, 2, 0)
-                np.subtract(r[n].transpose(1, 2, 0), target, out=diff)
-                flat = g[n].ravel(order="K")  # a view in memory order, whatever the layout
-                sums[n] = np.dot(flat, flat)
-                flat *= grad_scale  # d loss / d rec = 2 (rec - target) / numel
-
-        _in_noise_chunks(len(rec), seed, chunk)
-        ctx.save_for_backward(grad)
-        return torch.tensor(sums.sum() / rec.numel(), dtype=rec.dtype)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, upstream: torch.Tensor) -> tuple[Any, ...]:
-        (grad,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return (grad if bool(upstream == 1) else grad * upstream), None, None, None
-
-
-def reconstruction_target(obs: torch.Tensor, bits: int, noise: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels reduced to `bits` bits, dequantised with uniform noise (`noise`: U[0, 1) samples
-    of obs' shape, overwritten), centred on 0 (B.6; Kingma & Dhariwal): floor(obs / 2^(8-bits)) / bins
-    + noise / bins - 0.5, each step exact or rounded once as written. The result takes obs' memory
-    layout, the decoder output's, so the loss gradient reaches the decoder without a layout copy."""
-    bins = 2**bits
-    target = torch.empty_like(obs, dtype=torch.float32)
-    torch.add(noise.div_(bins), obs >> (8 - bits), alpha=1.0 / bins, out=target)
-    return target.sub_(0.5)

@@ -18,14 +18,12 @@ Same math, less work: each window's 9 frames are encoded once per update (in the
 distinct frame, gathered from the replay once: overlapping windows share frames), and in the SAC
 update those features (no autograd; in chunks, which bounds the activation memory) serve the
 filtering pass for the critic and the actor's history input alike; the model update converts its
-frames to floats once, for the encoder and the image likelihood (whose gradient keeps the decoder's
-memory layout); convolutions run channels_last, each encoder conv and decoder transposed conv with
-its leaky ReLU as one oneDNN op (the activation gradient written in place), the layers with a 1x1
-side as GEMMs, the decoder's RGB output layer as a sub-pixel conv and its gradients as convolutions
-(train/slac_model.py); Adam is fused (FusedAdam: no layout copies). benchmarks/slac_update.py
-measures this against the reference's way. `bf16=true` adds autocast for the conv encoder/decoder
-(faster on CPUs with AMX; different rounding). On a GPU each update (model, SAC) replays as one CUDA
-graph (`cuda_graphs`, train/cuda_graph.py): the same kernels, launched once instead of one by one.
+frames to floats once, for the encoder and the image likelihood. The backend's kernels
+(`cfg.backend`, train.backend.kernels) run the layers and Adam: plain PyTorch, or train.fast's
+CPU kernels (the same math); benchmarks/slac_update.py measures them against the reference's way.
+`bf16=true` adds autocast for the conv encoder/decoder (different rounding). On a GPU each update
+(model, SAC) replays as one CUDA graph (train/cuda_graph.py): the same kernels, launched once
+instead of one by one.
 """
 
 from __future__ import annotations
@@ -39,14 +37,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from sacae_deploy.history import start_history
 from train.agent_base import SacFamilyAgent
+from train.backend import kernels
 from train.config import SlacConfig
 from train.cuda_graph import GraphedStep
 from train.encoder import IdentityEncoder
-from train.layers import channels_last_copy
 from train.sac import Actor, Critic
 from train.slac_model import FrameEncoder, LatentModel
-from train.torch_utils import FusedAdam, soft_update
 
 
 class SlacActor(Actor):
@@ -94,9 +92,9 @@ class HistoryPolicy:
         self.pending: np.ndarray | None = None  # the action taken since the newest frame
 
     def reset(self, obs: np.ndarray) -> None:
-        h, a = self.agent.cfg.history_length, self.agent.action_dim
-        self.frames.extend([obs] * h)
-        self.actions.extend([np.zeros(a, np.float32)] * (h - 1))
+        frames, actions = start_history(obs, self.agent.cfg.history_length, self.agent.action_dim)
+        self.frames.extend(frames)
+        self.actions.extend(actions)
         self.pending = None
 
     def _observe(self, obs: np.ndarray) -> None:
@@ -128,7 +126,7 @@ class SlacAgent(SacFamilyAgent):
         if tuple(obs_shape) != (3, cfg.image_size, cfg.image_size):
             raise ValueError(f"slac acts on single (3, {cfg.image_size}, {cfg.image_size}) frames, got {obs_shape}")
         self.cfg, self.device, self.action_dim = cfg, device, action_dim
-        self.channels_last = cfg.channels_last
+        self.kernels = kernels(cfg.backend, device)
         self.model = LatentModel(action_dim, cfg.z1_dim, cfg.z2_dim, cfg.model_hidden, cfg.base_depth,
                                  cfg.decoder_variance, cfg.std_grad_clip)
         self.actor = SlacActor(self.model.encoder.feature_dim, action_dim, cfg.history_length, cfg.hidden_dim,
@@ -138,12 +136,12 @@ class SlacAgent(SacFamilyAgent):
         self.critic_target.requires_grad_(False)
         for m in self.modules().values():
             m.to(device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.kernels.accelerate(self.model)
         self.log_alpha = torch.tensor(float(cfg.init_log_alpha), device=device, requires_grad=True)
         self.target_entropy = -float(action_dim)
-        # bf16 autocast caches its weight casts across calls, which a graph cannot replay.
-        self.graphs = cfg.cuda_graphs and device.type == "cuda" and not cfg.bf16
+        # On a GPU each update replays as one CUDA graph (train/cuda_graph.py: the same kernels, one
+        # launch). bf16 autocast caches its weight casts across calls, which a graph cannot replay.
+        self.graphs = device.type == "cuda" and not cfg.bf16
         self.model_opt = self._adam(self.model.parameters(), cfg.model_lr)
         self.actor_opt = self._adam(self.actor.parameters(), cfg.actor_lr)  # the conv encoder is not in here
         self.critic_opt = self._adam(self.critic.parameters(), cfg.critic_lr)
@@ -152,10 +150,8 @@ class SlacAgent(SacFamilyAgent):
         self._sac_step = GraphedStep(self._update_sac, self.graphs)
 
     def _adam(self, params: Any, lr: float) -> torch.optim.Adam:
-        # Adam with its default betas (SAC, appendix C); fused: one kernel for the whole step, same
-        # update (FusedAdam: no layout copies of the channels_last conv weights); capturable: its step
-        # count stays on the GPU, so a CUDA graph can hold the step.
-        return FusedAdam(params, lr, capturable=self.graphs)
+        # Adam with its default betas (SAC, appendix C); capturable where a CUDA graph holds the step.
+        return self.kernels.adam(params, lr, capturable=self.graphs)
 
     # ------------------------------------------------------------------ exporter-facing modules
     @property
@@ -181,9 +177,7 @@ class SlacAgent(SacFamilyAgent):
 
     def _prepare(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames -> the encoder's float input (and the image likelihood's target)."""
-        if self.channels_last:  # per call: a chunk's layout change stays in cache
-            frames = channels_last_copy(frames)
-        return FrameEncoder.prepare(frames)
+        return FrameEncoder.prepare(self.kernels.frames(frames))  # per call: a chunk's layout change stays in cache
 
     def _features(self, pixels: torch.Tensor) -> torch.Tensor:
         with self._autocast():
@@ -192,11 +186,14 @@ class SlacAgent(SacFamilyAgent):
     def _encode(self, frames: torch.Tensor) -> torch.Tensor:
         return self._features(self._prepare(frames))
 
+    # Frames per no-grad encoder pass (None: all at once; benchmarks/slac_update.py's reference-style mode).
+    encode_chunk: int | None = 512
+
     @torch.no_grad()
     def _encode_no_grad(self, frames: torch.Tensor) -> torch.Tensor:
         """In chunks of `encode_chunk` frames: the same result with a bounded activation peak (2,304
         frames at once hold ~300 MB after the first conv)."""
-        n = self.cfg.encode_chunk or len(frames)
+        n = self.encode_chunk or len(frames)
         return torch.cat([self._encode(frames[i:i + n]) for i in range(0, len(frames), n)])
 
     def _window(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
@@ -247,12 +244,16 @@ class SlacAgent(SacFamilyAgent):
         metrics.update(self.update_sac(self.sample_sac_batch(replay, rng)))
         return metrics
 
+    # Each distinct frame of a SAC batch encoded once (False: every window position's frame, as
+    # benchmarks/slac_update.py's reference-style mode does).
+    distinct_frames = True
+
     def sample_sac_batch(self, replay: Any, rng: np.random.Generator) -> dict[str, Any]:
-        """The SAC update's windows. Eager steps take each distinct frame once (`distinct_frames`): the
-        windows of a batch overlap (at the end of a 100k-step cheetah run ~6% of the 2,304 frames are
-        repeats; early on over 30%), and padding repeats an episode's first frame. A CUDA graph needs
-        fixed shapes and takes every window position's frame."""
-        distinct = self.cfg.distinct_frames and not self.graphs
+        """The SAC update's windows. Eager steps take each distinct frame once: the windows of a batch
+        overlap (late in a run a few percent of the frames are repeats; early on over 30%), and padding
+        repeats an episode's first frame. A CUDA graph needs fixed shapes and takes every window
+        position's frame."""
+        distinct = self.distinct_frames and not self.graphs
         return replay.sample_windows(self.cfg.batch_size, rng, self.cfg.sequence_length, distinct=distinct)
 
     def update_model(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -277,7 +278,7 @@ class SlacAgent(SacFamilyAgent):
         post = self.model.filter(features, action, valid)
         with self._autocast():
             decoded = self.model.decoder(post.z.flatten(0, 1))
-        loss, metrics = self.model.loss(pixels, post, action, reward, valid, decoded)
+        loss, metrics = self.model.loss(pixels, post, action, reward, valid, decoded, self.kernels.squared_error_sums)
         self.model_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.model_opt.step()
@@ -301,7 +302,7 @@ class SlacAgent(SacFamilyAgent):
         metrics = self.update_critic(z[:, -2], action[:, -1], reward[:, -1], discount[:, -1], z[:, -1], history,
                                      valid[:, -1])
         metrics.update(self.update_actor_and_alpha(z[:, -1], history))
-        soft_update(self.critic, self.critic_target, cfg.tau)
+        self.kernels.soft_update(self.critic, self.critic_target, cfg.tau)
         return metrics
 
     def update_critic(self, z: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,

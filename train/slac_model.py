@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.layers import (ConvTranspose2dConvGrad, linear_to_map, map_linear, run_conv_stack, squared_error_sums,
-                          unit_pixels)
+from train.layers import squared_error_sums, unit_pixels
 
 # The authors' TensorFlow code uses tf.nn.leaky_relu (slope 0.2); the paper does not give a slope.
 LEAKY_SLOPE = 0.2
@@ -38,8 +38,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _leaky() -> nn.LeakyReLU:
-    """In place: the convolutions before it do not need their output for their backward pass."""
-    return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+    return nn.LeakyReLU(LEAKY_SLOPE)
 
 
 class _ClipGrad(torch.autograd.Function):
@@ -87,38 +86,10 @@ class Gaussian(nn.Module):
         return mean, F.softplus(clip_grad(pre_std, self.std_grad_clip)) + STD_FLOOR
 
 
-class DenseConv2d(nn.Conv2d):
-    """A conv whose kernel covers its whole (unpadded) input, computed as the matrix product it is.
-
-    Same parameters, initialisation and function as nn.Conv2d; oneDNN runs this shape (4x4 kernel
-    on a 4x4 input) several times slower as a convolution than as a GEMM, channels_last above all.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return map_linear(x, self.weight, self.bias)[:, :, None, None]
-
-
-class DenseConvTranspose2d(nn.ConvTranspose2d):
-    """A transposed conv on a 1x1 input (stride 1, no padding), computed as the matrix product it
-    is: (N, in) @ (in, out*kh*kw), laid out channels_last. Same parameters and function as
-    nn.ConvTranspose2d."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kh, kw = self.kernel_size
-        bias = self.bias[:, None, None].expand(self.out_channels, kh, kw)
-        return linear_to_map(x.flatten(1), self.weight.permute(1, 2, 3, 0), bias, channels_last=True)
-
-
-class UpConv2d(ConvTranspose2dConvGrad):
-    """nn.ConvTranspose2d (same parameters, init and function) for the "stride s, odd kernel,
-    padding (k-1)/2, output padding s-1" shape (output = s x input), with its backward run as
-    convolutions (train.layers)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 2,
-                 subpixel: bool = False) -> None:
-        assert kernel_size % 2 == 1, "odd kernels only: grad_input is then a 'same'-padded strided conv"
-        super().__init__(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, stride - 1,
-                         subpixel=subpixel)
+def up_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 2) -> nn.ConvTranspose2d:
+    """A transposed conv with output = stride x input: odd kernel, padding (k-1)/2, output padding s-1."""
+    assert kernel_size % 2 == 1, "odd kernels only"
+    return nn.ConvTranspose2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, stride - 1)
 
 
 class FrameEncoder(nn.Module):
@@ -139,7 +110,7 @@ class FrameEncoder(nn.Module):
             nn.Conv2d(d, 2 * d, 3, 2, 1), _leaky(),  # -> 16
             nn.Conv2d(2 * d, 4 * d, 3, 2, 1), _leaky(),  # -> 8
             nn.Conv2d(4 * d, 8 * d, 3, 2, 1), _leaky(),  # -> 4
-            DenseConv2d(8 * d, 8 * d, 4), _leaky(),  # -> 1
+            nn.Conv2d(8 * d, 8 * d, 4), _leaky(),  # -> 1
         )
         self.feature_dim = 8 * d
 
@@ -147,7 +118,7 @@ class FrameEncoder(nn.Module):
 
     def run(self, pixels: torch.Tensor) -> torch.Tensor:
         """`prepare`d frames (N, 3, 64, 64) -> features (N, F)."""
-        return run_conv_stack(self.net, pixels).flatten(1)
+        return self.net(pixels).flatten(1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.run(self.prepare(frames))
@@ -165,17 +136,15 @@ class FrameDecoder(nn.Module):
         super().__init__()
         d = base_depth
         self.net = nn.Sequential(
-            # Not in place: an in-place op on the GEMM's permuted output costs a copy in the backward.
-            DenseConvTranspose2d(latent_dim, 8 * d, 4), nn.LeakyReLU(LEAKY_SLOPE),  # 1 -> 4
-            UpConv2d(8 * d, 4 * d, 3), _leaky(),  # -> 8
-            UpConv2d(4 * d, 2 * d, 3), _leaky(),  # -> 16
-            UpConv2d(2 * d, d, 3), _leaky(),  # -> 32
-            UpConv2d(d, 3, 5, subpixel=True),  # -> 64 (RGB: the sub-pixel forward, train.layers)
+            nn.ConvTranspose2d(latent_dim, 8 * d, 4), _leaky(),  # 1 -> 4
+            up_conv(8 * d, 4 * d, 3), _leaky(),  # -> 8
+            up_conv(4 * d, 2 * d, 3), _leaky(),  # -> 16
+            up_conv(2 * d, d, 3), _leaky(),  # -> 32
+            up_conv(d, 3, 5),  # -> 64
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        # Each UpConv2d and its leaky ReLU run as one op on the CPU fast path (run_conv_stack).
-        return run_conv_stack(self.net, z[:, :, None, None])
+        return self.net(z[:, :, None, None])
 
 
 @dataclass
@@ -228,9 +197,6 @@ class LatentModel(nn.Module):
         if valid is None:
             valid = torch.ones(b, t1 - 1, dtype=torch.bool, device=features.device)
         restart = restart_mask(valid)
-        # On the CPU one host sync finds the steps that need the restart branch at all (most windows
-        # have no padding); on a GPU both branches are cheaper than waiting, and a graph cannot wait.
-        any_restart = restart.any(dim=0).tolist() if restart.device.type == "cpu" else [True] * t1
         mean, std = self.z1_first_posterior(features[:, 0])
         z1 = _sample(mean, std)
         z2 = _sample(*self.z2_first(z1))
@@ -238,27 +204,28 @@ class LatentModel(nn.Module):
         for t in range(1, t1):
             a = actions[:, t - 1]
             mean, std = self.z1_posterior(features[:, t], z2, a)
-            r = restart[:, t, None]
-            if any_restart[t]:
-                m0, s0 = self.z1_first_posterior(features[:, t])
-                mean, std = torch.where(r, m0, mean), torch.where(r, s0, std)
+            r = restart[:, t, None]  # a restart: q(z1|x) and p(z2|z1), as at the first step
+            m0, s0 = self.z1_first_posterior(features[:, t])
+            mean, std = torch.where(r, m0, mean), torch.where(r, s0, std)
             z1 = _sample(mean, std)
             z2_mean, z2_std = self.z2_next(z1, z2, a)
-            if any_restart[t]:
-                m0, s0 = self.z2_first(z1)
-                z2_mean, z2_std = torch.where(r, m0, z2_mean), torch.where(r, s0, z2_std)
+            m0, s0 = self.z2_first(z1)
+            z2_mean, z2_std = torch.where(r, m0, z2_mean), torch.where(r, s0, z2_std)
             z2 = _sample(z2_mean, z2_std)
             steps.append((mean, std, z1, z2))
         z1_mean, z1_std, z1s, z2s = (torch.stack(x, dim=1) for x in zip(*steps))
         return Filtered(z1_mean, z1_std, z1s, z2s, restart)
 
     def loss(self, pixels: torch.Tensor, post: Filtered, actions: torch.Tensor, rewards: torch.Tensor,
-             valid: torch.Tensor, decoded: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             valid: torch.Tensor, decoded: torch.Tensor | None = None,
+             sq_err_sums: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = squared_error_sums,
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Eq. (7): -[sum_t log p(x_t|z_t) + log p(r_t|z_t,a_t,z_{t+1}) - KL(q(z1_t|.) || p(z1_t|.))],
         summed over time, averaged over the batch.
 
         pixels: the (B*(T+1), 3, 64, 64) targets in [0, 1] (`FrameEncoder.prepare`, any memory
-        format); `decoded`: the decoder's output for post.z if already computed (e.g. under autocast).
+        format); `decoded`: the decoder's output for post.z if already computed (e.g. under autocast);
+        `sq_err_sums`: the backend's per-frame squared error sums (train.layers.squared_error_sums).
         """
         b, t1 = post.z1.shape[:2]
         prior_mean, prior_std = self.z1_prior(post.z2[:, :-1], actions)
@@ -272,7 +239,7 @@ class LatentModel(nn.Module):
         if decoded is None:
             decoded = self.decoder(z.flatten(0, 1))
         # log N(x; decoded, sigma^2) summed over a frame's pixels, in closed form over the squared error.
-        sq_err = squared_error_sums(decoded.float(), pixels).view(b, t1)
+        sq_err = sq_err_sums(decoded.float(), pixels).view(b, t1)
         log_norm = pixels[0].numel() * (math.log(self.pixel_std) + 0.5 * LOG_2PI)
         image_ll = -0.5 * sq_err / self.pixel_std**2 - log_norm
 

@@ -33,6 +33,7 @@ CONNECT_TIMEOUT_S = 5.0
 # at or after STEP (a marker file in the trial folder keeps the retry alive), to test Ray's retry.
 DIE_HOOK = "SACAE_SWEEP_TEST_DIE"
 DIE_MARKER = ".sweep_test_died"
+TRIAL_ERROR = ".sweep_error"  # a trial's one-line error that no retry can fix (read by the driver)
 # Ray's own chatter off the terminal (set before Ray is imported; --verbose keeps Ray's defaults).
 QUIET_RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -127,7 +128,7 @@ def _non_empty(path: Path) -> bool:
 def plan(spec: SweepSpec) -> list[PlannedTrial]:
     """Validate the whole grid before anything starts (every algo, task and --set key, the output
     folders) and say which trials are already finished."""
-    from sacae_deploy.commands.train import resolve_run
+    from train.runs import resolve_run
 
     if spec.seeds < 1:
         raise SweepError(f"--seeds must be at least 1, got {spec.seeds}")
@@ -155,7 +156,7 @@ def run_trial(config: dict[str, Any], common: dict[str, Any]) -> None:
     (episodes and eval rows) forwarded to Ray Tune."""
     from ray import tune
 
-    from sacae_deploy.commands.train import resolve_run
+    from train.runs import resolve_run
     from train.workspace import Workspace
 
     trial = Trial(**config["trial"])
@@ -178,7 +179,12 @@ def run_trial(config: dict[str, Any], common: dict[str, Any]) -> None:
             last["steps_per_s"] = float(info["steps_per_s"])
         tune.report({"env_step": env_step, "env_steps": cfg.env_steps, **last})
 
-    Workspace(cfg, folder, resume=True).run(progress)
+    error_file = folder / TRIAL_ERROR
+    error_file.unlink(missing_ok=True)
+    try:
+        Workspace(cfg, folder, resume=True).run(progress)
+    except SacaeError as exc:  # the run's own one-line error (a damaged checkpoint, a bad value): a
+        atomic_write_text(error_file, f"{exc}\n")  # retry would fail the same way, so none is made
 
 
 def _die_step(trial: Trial) -> int | None:
@@ -250,6 +256,10 @@ def start_ray(spec: SweepSpec) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The error's own first line; a Ray task error names the trial's exception, not Ray's wrapper."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -326,9 +336,12 @@ def run_sweep(spec: SweepSpec, planned: list[PlannedTrial], listener: Listener) 
         grid = tuner.fit()  # returns early (trials stopped) on Ctrl-C: Tune handles SIGINT itself
     finally:
         ray.shutdown()
-    errors = {Trial(**r.config["trial"]).name: r.error for r in grid if r.config and r.error is not None}
+    errors = {Trial(**r.config["trial"]).name: _first_line(r.error) for r in grid if r.config and r.error is not None}
+    for p in todo:
+        if (p.folder / TRIAL_ERROR).is_file():
+            errors[p.trial.name] = (p.folder / TRIAL_ERROR).read_text().strip()
     return {p.trial.name: "done" if checkpoint_step(p.folder) >= p.env_steps
-            else f"failed: {_first_line(errors[p.trial.name])}" if p.trial.name in errors else "stopped"
+            else f"failed: {errors[p.trial.name]}" if p.trial.name in errors else "stopped"
             for p in todo}
 
 

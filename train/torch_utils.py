@@ -1,17 +1,16 @@
-"""Small torch helpers shared by the agents: the paper's initialisation, soft updates, fused Adam,
-device choice."""
+"""Small torch helpers shared by the agents: the paper's initialisation, soft updates, Adam, bf16
+and device choice."""
 
 from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from sacae_deploy.errors import SacaeError
-from train.layers import LinearToMap, MapLinear
 
 
 class DeviceError(SacaeError, ValueError):
@@ -20,7 +19,7 @@ class DeviceError(SacaeError, ValueError):
 
 def weight_init(m: nn.Module) -> None:
     """SAC+AE appendix B.4: orthogonal linear weights, delta-orthogonal (conv and deconv), zero biases."""
-    if isinstance(m, (nn.Linear, MapLinear, LinearToMap)):  # the latter two: Linear with a 4-d weight
+    if isinstance(m, nn.Linear):
         nn.init.orthogonal_(m.weight)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
@@ -36,66 +35,15 @@ def weight_init(m: nn.Module) -> None:
 
 @torch.no_grad()
 def soft_update(source: nn.Module, target: nn.Module, tau: float) -> None:
-    """target <- tau * source + (1 - tau) * target, in one fused foreach call."""
-    tgt, src = list(target.parameters()), list(source.parameters())
-    if tgt:
-        torch._foreach_lerp_(tgt, src, tau)
+    """target <- tau * source + (1 - tau) * target."""
+    for t, s in zip(target.parameters(), source.parameters()):
+        t.lerp_(s, tau)
 
 
-def _memory_order(t: torch.Tensor) -> torch.Tensor:
-    """t's elements as a 1-d view in memory order where t is contiguous or channels_last; t otherwise."""
-    if t.is_contiguous():
-        return t.view(-1)
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).reshape(-1)
-    return t
-
-
-def _like(t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """t in p's memory layout: itself, or (a gradient assigned by hand, moments loaded from another
-    layout) a copy."""
-    return t if t.stride() == p.stride() else torch.empty_like(p).copy_(t)
-
-
-class FusedAdam(torch.optim.Adam):
-    """torch.optim.Adam(fused=True): the same kernel, update and state, bit for bit. On the CPU each
-    parameter reaches the kernel with its gradient and moments as 1-d views in memory order: the
-    kernel copies every non-contiguous tensor (a channels_last conv or map weight, its gradient and
-    moments) to a contiguous buffer and back otherwise, seven copies of SAC+AE's 7.8 MB encoder fc
-    weight per step (a critic-sized group: 3.8 -> 2.3 ms per step here). A gradient or moment laid
-    out unlike its parameter is brought to the parameter's layout first: torch's CPU kernel pairs
-    their elements in memory order and so updates the wrong weights (measured with torch 2.13).
-    On a GPU, or capturable (CUDA graphs), torch's own step."""
-
-    def __init__(self, params: Iterable[Any], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 weight_decay: float = 0.0, capturable: bool = False) -> None:
-        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True, capturable=capturable)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        groups = self.param_groups
-        if closure is not None or self.defaults["capturable"] or any(
-                p.device.type != "cpu" for g in groups for p in g["params"]):
-            return super().step(closure)
-        for group in groups:
-            params: list[torch.Tensor] = []
-            grads: list[torch.Tensor] = []
-            steps: list[torch.Tensor] = []
-            self._init_group(group, params, grads, [], [], [], steps)
-            if not params:
-                continue
-            moments = []
-            for p in params:
-                state = self.state[p]
-                state["exp_avg"], state["exp_avg_sq"] = _like(state["exp_avg"], p), _like(state["exp_avg_sq"], p)
-                moments.append((state["exp_avg"], state["exp_avg_sq"]))
-            flat = [[_memory_order(t) for t in (p, _like(g, p), *m)] for p, g, m in zip(params, grads, moments)]
-            torch._foreach_add_(steps, 1)  # as torch's fused path: count, then step
-            beta1, beta2 = group["betas"]
-            torch._fused_adam_(*(list(ts) for ts in zip(*flat)), [], steps, amsgrad=False, lr=group["lr"],
-                               beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                               maximize=False, grad_scale=None, found_inf=None)
-        return None
+def adam(params: Iterable[Any], lr: float, betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 0.0,
+         capturable: bool = False) -> torch.optim.Adam:
+    """torch.optim.Adam (capturable: its step count on the GPU, so a CUDA graph can hold the step)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, capturable=capturable)
 
 
 def bf16_is_native(device: torch.device) -> bool:
@@ -104,7 +52,9 @@ def bf16_is_native(device: torch.device) -> bool:
     arithmetic (Ampere or later)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    from train.fast.support import cpu_has_bf16_units
+
+    return cpu_has_bf16_units()
 
 
 def bf16_notice(bf16: bool, device: torch.device) -> str | None:
@@ -131,8 +81,9 @@ def pick_device(name: str) -> torch.device:
 def tune_allocator() -> None:
     """Keep glibc from returning large activation buffers to the OS after every update.
 
-    Measured on the 2-core dev machine: 5-46% faster updates (the same effect as setting
-    MALLOC_MMAP_MAX_=0 and MALLOC_TRIM_THRESHOLD_ before start). A no-op off glibc.
+    Faster updates (the benchmarks' reference modes leave it off: benchmarks/sac_ae_update.py,
+    slac_update.py); the same effect as setting MALLOC_MMAP_MAX_=0 and MALLOC_TRIM_THRESHOLD_ before
+    start. A no-op off glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -19,10 +19,10 @@ import torch
 
 from distractors import make_background
 from sacae_deploy.files import atomic_write_text, lock_dir
+from sacae_deploy.sim.envs import make_env
 from train import checkpoint
 from train.checkpoint import CheckpointError
 from train.config import CommonConfig, to_dict
-from train.envs import make_env
 from train.logger import Logger
 from train.replay import FrameReplay, ReplayError
 from train.torch_utils import bf16_notice, pick_device, tune_allocator

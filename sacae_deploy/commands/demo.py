@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
+from sacae_deploy.commands.common import user_errors
+
 DEMO_ENV = "cartpole-swingup"
 
 
 def register(app: typer.Typer) -> None:
-    from sacae_deploy.cli import user_errors
-
     @app.command()
     @user_errors
     def demo(
@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
         from export import export_run
         from sacae_deploy.commands.eval import evaluate_policies
         from sacae_deploy.commands.run import run_policy
-        from sacae_deploy.commands.train import resolve_run, run_training
+        from sacae_deploy.commands.train import run_training
+        from train.runs import resolve_run
 
         if (out / "config.json").exists():
             shutil.rmtree(out)

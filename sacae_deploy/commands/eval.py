@@ -8,11 +8,11 @@ from typing import Annotated, Any, Optional
 import typer
 
 from sacae_deploy import interrupts
-from sacae_deploy.commands.train import Device
+from sacae_deploy.commands.common import Device, user_errors
 from sacae_deploy.contract import MAX_SEED
 from sacae_deploy.outputs import check_output_dir, check_output_file
+from sacae_deploy.sim.rendering import MAX_RENDER_SIZE
 from sacae_deploy.video import VIDEO_SUFFIXES
-from train.config import MAX_RENDER_SIZE
 
 MAX_PREVIEW_STEPS = 1000  # a GIF writer keeps every frame in memory until it closes
 
@@ -29,8 +29,6 @@ def _progress(label: str) -> Any:
 
 
 def register(app: typer.Typer) -> None:
-    from sacae_deploy.cli import user_errors
-
     @app.command(name="eval")
     @user_errors
     def eval_(
@@ -65,9 +63,8 @@ def register(app: typer.Typer) -> None:
 
         from distractors import make_background
         from sacae_deploy.evaluation import side_by_side
+        from sacae_deploy.sim.envs import DEFAULT_ACTION_REPEAT, SAC_AE_ACTION_REPEAT, check_env_name, make_env
         from sacae_deploy.video import VideoWriter
-        from train.config import SAC_AE_ACTION_REPEAT, DEFAULT_ACTION_REPEAT
-        from train.envs import check_env_name, make_env
 
         check_output_file(out, "--out", VIDEO_SUFFIXES)
         check_env_name(env)
@@ -104,19 +101,19 @@ def evaluate_policies(policies: list[Path], *, env: str | None = None, episodes:
     Ctrl-C (or SIGTERM under the CLI) ends it on what was done: each policy's video holds the frames
     seen, the report the conditions that every policy begun finished (full episode counts, so no
     cell is a partial mean); then the interrupt is raised again."""
-    from sacae_deploy import evaluation as E
+    from sacae_deploy import evaluation
     from sacae_deploy.policy import Policy
     from sacae_deploy.video import write_video
 
     check_output_dir(out, "--out")
-    conditions = E.check_conditions(distractors.split(","))
+    conditions = evaluation.check_conditions(distractors.split(","))
     loaded = [Policy.load(p, device=device) for p in policies]
     env_name = env or loaded[0].env
     for pol in loaded:
         if pol.env != env_name:
             typer.echo(f"warning: {pol.path} was trained on {pol.env}, evaluating it on {env_name}", err=True)
-    from train.config import check_render_size
-    from train.envs import check_env_name  # dm_control, no torch
+    from sacae_deploy.sim.envs import check_env_name
+    from sacae_deploy.sim.rendering import check_render_size
 
     check_env_name(env_name)
     for pol in loaded:
@@ -124,8 +121,8 @@ def evaluate_policies(policies: list[Path], *, env: str | None = None, episodes:
             check_render_size(pol.image_size)
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
-    names = [E.policy_name(pol.path, taken) for pol in loaded]
-    results: list[E.ConditionResult] = []
+    names = [evaluation.policy_name(pol.path, taken) for pol in loaded]
+    results: list[evaluation.ConditionResult] = []
     stop: KeyboardInterrupt | None = None
     with _progress("eval") as bar:
         task = bar.add_task("", total=len(loaded) * len(conditions) * episodes)
@@ -139,16 +136,17 @@ def evaluate_policies(policies: list[Path], *, env: str | None = None, episodes:
                         if frames is not None:
                             clips.append(frames)  # filled as the episode runs: an interrupted one is shown too
                         failures: list[str] = []
-                        returns = E.run_episodes(pol, env_name, cond, episodes, seed, video=frames,
+                        returns = evaluation.run_episodes(pol, env_name, cond, episodes, seed, video=frames,
                                                  on_episode=lambda _r: bar.advance(task), failures=failures)
-                        results.append(E.ConditionResult(name, pol.algo, env_name, cond, returns, failures))
+                        results.append(evaluation.ConditionResult(name, pol.algo, env_name, cond, returns, failures))
                         typer.echo(f"{name:>16} {cond:>6}: {results[-1].cell()}", err=True)
                         for why in failures:  # a failed episode is reported, not fatal: the next one runs
                             typer.echo(f"warning: {name} / {cond}: {why}", err=True)
                 finally:
                     seen = [clip for clip in clips if clip]
                     if seen:
-                        write_video(out / "videos" / f"{name}.gif", E.side_by_side(seen), fps=E.fps_of(pol))
+                        write_video(out / "videos" / f"{name}.gif", evaluation.side_by_side(seen),
+                                    fps=evaluation.fps_of(pol))
         except KeyboardInterrupt as exc:
             stop = exc
     if stop is not None:
@@ -161,7 +159,7 @@ def evaluate_policies(policies: list[Path], *, env: str | None = None, episodes:
         if not results:
             raise stop
     with interrupts.held():
-        paths = E.write_report(out, results, conditions, episodes, seed)
+        paths = evaluation.write_report(out, results, conditions, episodes, seed)
     typer.echo(paths["markdown"].read_text())
     typer.echo(f"wrote {paths['markdown']}, {paths['json']}, {paths['plot']}"
                + (f" and {out / 'videos'}/*.gif ({' | '.join(conditions)})" if video else ""))

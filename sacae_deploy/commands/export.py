@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from sacae_deploy.commands.common import user_errors
 from sacae_deploy.outputs import check_output_file
 
 
@@ -24,8 +25,6 @@ class Precision(str, Enum):  # export.precision.PRECISIONS (not imported here: i
 
 
 def register(app: typer.Typer) -> None:
-    from sacae_deploy.cli import user_errors
-
     @app.command()
     @user_errors
     def export(

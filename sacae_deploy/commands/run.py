@@ -9,13 +9,13 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from sacae_deploy import interrupts
-from sacae_deploy.commands.train import Device, Distractors
+from sacae_deploy.commands.common import Device, Distractors, user_errors
 from sacae_deploy.contract import MAX_SEED
 from sacae_deploy.files import atomic_write_text
 from sacae_deploy.outputs import check_output_file
+from sacae_deploy.policy import MAX_THREADS
 from sacae_deploy.sources import FrameSource
 from sacae_deploy.video import VIDEO_SUFFIXES
-from train.config import MAX_THREADS
 
 
 class Recorder:
@@ -103,8 +103,6 @@ def print_summary(summary: Any, source: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    from sacae_deploy.cli import user_errors
-
     @app.command()
     @user_errors
     def run(

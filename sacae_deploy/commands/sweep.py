@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from sacae_deploy.commands.train import Distractors, Preset
+from sacae_deploy.commands.common import Distractors, Preset, user_errors
 
 
 class Board:
@@ -76,8 +76,6 @@ class Board:
 
 
 def register(app: typer.Typer) -> None:
-    from sacae_deploy.cli import user_errors
-
     @app.command()
     @user_errors
     def sweep(

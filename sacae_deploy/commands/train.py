@@ -9,8 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from sacae_deploy.commands.common import Device, Distractors, Preset, user_errors
 from sacae_deploy.contract import MAX_SEED
-from sacae_deploy.files import LOCK_NAME
 from train.config import bounds_help
 
 
@@ -21,67 +21,17 @@ class Algo(str, Enum):
     slac = "slac"
 
 
-class Preset(str, Enum):
-    paper = "paper"
-    smoke = "smoke"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Distractors(str, Enum):
-    none = "none"
-    balls = "balls"
-
-
-# Config keys `sacae train` also takes as flags (a `--set` of one must agree with its flag).
-FLAG_KEYS = {"algo": "--algo", "env": "--env", "env_steps": "--env-steps", "seed": "--seed", "device": "--device",
-             "distractors": "--distractors"}
-
-
-def resolve_run(algo: str, env: str, out: Path, env_steps: int | None, seed: int | None, preset: str,
-                sets: list[str], device: str | None, resume: bool, distractors: str | None = None) -> Any:
-    """Validate everything a user typed and return the fully resolved config (nothing heavy is built)."""
-    from sacae_deploy.outputs import check_output_dir
-    from train import config as C
-    from train.envs import check_env_name
-
-    check_output_dir(out, "--out")
-    overrides: dict[str, Any] = dict(C.parse_sets(sets))
-    flags = {"algo": algo, "env": env, "env_steps": env_steps, "seed": seed, "device": device, "distractors": distractors}
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if key in overrides and overrides[key] != str(value):
-            raise C.ConfigError(f"--set {key}={overrides[key]} contradicts {FLAG_KEYS[key]} {value}")
-        overrides[key] = value
-    overrides.setdefault("device", "auto")  # a resumed run picks its device afresh too
-    del overrides["algo"]
-    saved = out / "config.json"
-    if resume and saved.exists():
-        try:
-            base = json.loads(saved.read_text())
-            saved_algo, saved_env = base["algo"], base["env"]
-        except (ValueError, TypeError, KeyError) as exc:
-            raise C.ConfigError(f"{saved} is not a readable run config ({type(exc).__name__}: {exc})") from None
-        if saved_algo != algo or saved_env != env:
-            raise C.ConfigError(f"{out} holds a {saved_algo} run on {saved_env}; cannot resume it as {algo} on {env}")
-        return C.resolve(algo, preset, base, **overrides)
-    if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
-        if resume:
-            raise C.ConfigError(f"{out} is not empty but has no config.json to resume from")
-        raise C.ConfigError(f"{out} is not empty; pass --resume to continue that run or choose a new --out")
-    check_env_name(env)
-    return C.resolve(algo, preset, None, **overrides)
-
-
 def run_training(cfg: Any, out: Path, resume: bool) -> dict[str, Any]:
     """Train with a rich progress bar (env steps, env steps/s, last eval return)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from train.workspace import Workspace
 
@@ -109,8 +59,6 @@ def run_training(cfg: Any, out: Path, resume: bool) -> dict[str, Any]:
 
 
 def register(app: typer.Typer) -> None:
-    from sacae_deploy.cli import user_errors
-
     @app.command()
     @user_errors
     def train(
@@ -128,6 +76,8 @@ def register(app: typer.Typer) -> None:
         distractors: Annotated[Optional[Distractors], typer.Option(help="Replace the background with moving balls (training and eval).")] = None,
     ) -> None:
         """Train an agent on a DeepMind Control task; kill it any time and continue with --resume."""
+        from train.runs import resolve_run
+
         sets = list(set_ or []) + (["save_video=true"] if video else [])
         cfg = resolve_run(algo.value, env, out, env_steps, seed, preset.value, sets, device.value if device else None,
                           resume, distractors.value if distractors else None)
@@ -138,7 +88,7 @@ def register(app: typer.Typer) -> None:
     @user_errors
     def envs() -> None:
         """List the DeepMind Control tasks (DOMAIN-TASK) that --env accepts."""
-        from train.envs import available_envs
+        from sacae_deploy.sim.envs import available_envs
 
         for name in available_envs():
             typer.echo(name)

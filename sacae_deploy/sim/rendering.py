@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-from sacae_deploy.errors import SacaeError
+from sacae_deploy.errors import ConfigError, SacaeError
 
 _PROBE = (
     "from dm_control import _render\n"
@@ -21,6 +21,18 @@ _FIX = (
     "no headless OpenGL for MuJoCo: install EGL (Debian: libegl1 libgl1) or OSMesa "
     "(Debian: libosmesa6), or set MUJOCO_GL yourself"
 )
+
+
+# Frames are rendered square into MuJoCo's offscreen framebuffer, 640x480 in the DeepMind Control
+# models (a larger render is an error deep inside dm_control), hence at most 480 pixels.
+MAX_RENDER_SIZE = 480
+
+
+def check_render_size(image_size: int) -> None:
+    """A policy's frames must fit the framebuffer for the simulator (`sacae run --source dmc`, `sacae eval`)."""
+    if image_size > MAX_RENDER_SIZE:
+        raise ConfigError(f"the simulator renders at most {MAX_RENDER_SIZE}x{MAX_RENDER_SIZE} frames (MuJoCo's "
+                          f"offscreen framebuffer); this policy takes {image_size}x{image_size}")
 
 
 class RenderingUnavailable(SacaeError, RuntimeError):

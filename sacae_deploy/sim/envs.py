@@ -18,8 +18,22 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sacae_deploy.actions import ActionBounds
 from sacae_deploy.errors import SacaeError
-from train.rendering import ensure_gl
+from sacae_deploy.history import start_history
+from sacae_deploy.sim.rendering import ensure_gl
+
+# SAC+AE appendix B.3, table 3 (following PlaNet/SLAC): control steps per agent step, by domain.
+# Training uses it when `action_repeat` is left at 0; `sacae distractors preview` too.
+SAC_AE_ACTION_REPEAT = {
+    "cartpole": 8,
+    "reacher": 4,
+    "cheetah": 4,
+    "finger": 2,
+    "ball_in_cup": 4,
+    "walker": 2,
+}
+DEFAULT_ACTION_REPEAT = 4
 
 
 class EnvError(SacaeError, ValueError):
@@ -83,8 +97,8 @@ class DMCEnv:
         self.camera_id = camera_id
         spec = self._env.action_spec()
         self.action_dim = int(spec.shape[0])
-        self.action_low = np.asarray(spec.minimum, dtype=np.float32)
-        self.action_high = np.asarray(spec.maximum, dtype=np.float32)
+        self.action_bounds = ActionBounds(spec.minimum, spec.maximum)
+        self.action_low, self.action_high = self.action_bounds.low, self.action_bounds.high
         self.control_timestep = float(self._env.control_timestep())
         self.state_dim = int(sum(int(np.prod(v.shape)) for v in self._env.observation_spec().values()))
         self.action_repeat = 1
@@ -109,8 +123,7 @@ class DMCEnv:
         if action.shape != (self.action_dim,):
             raise EnvError(f"action has shape {action.shape}, expected ({self.action_dim},)")
         # Agents act in [-1, 1]; map to the task's bounds (the identity for every suite task).
-        scaled = self.action_low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (self.action_high - self.action_low)
-        ts = self._env.step(scaled)
+        ts = self._env.step(self.action_bounds.to_env(action))
         self._t += 1
         terminal = ts.discount is not None and ts.discount == 0.0
         return Step(self._state(ts), float(ts.reward or 0.0), terminal or self._t >= self.episode_length,
@@ -201,7 +214,7 @@ class FrameStack(Wrapper):
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         obs = self.env.reset(seed)
-        self._frames.extend([obs] * self.k)
+        self._frames.extend(start_history(obs, self.k)[0])
         return np.concatenate(self._frames, axis=0)
 
     def step(self, action: np.ndarray) -> Step:

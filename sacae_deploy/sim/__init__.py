@@ -1,0 +1,1 @@
+"""The simulator layer: DeepMind Control environments and their rendering, numpy + dm_control, never torch."""
