@@ -41,7 +41,7 @@ from train.slac import SlacAgent
 from train.slac_model import FrameDecoder, FrameEncoder, up_conv
 from train.torch_utils import soft_update
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CL = torch.channels_last
 
 
