@@ -284,7 +284,8 @@ def write_results(directory: Path, name: str, curve: list[dict[str, Any]], summa
     ax.axhline(final["random"], color="tab:red", ls="--", label=f"uniform random ({final['random']:.1f})")
     ax.axhline(final["best_constant"], color="tab:gray", ls=":",
                label=f"best constant {final['best_constant_action']} ({final['best_constant']:.1f})")
-    ax.axhline(summary["required"], color="tab:green", ls="-.", lw=1, label=f"pass threshold ({summary['required']:.1f})")
+    ax.axhline(summary["required"], color="tab:green", ls="-.", lw=1,
+               label=f"pass threshold ({summary['required']:.1f})")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("eval return")
     state = ("pass" if summary["pass"] else "FAIL") if summary.get("complete", True) else \
@@ -340,9 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         for row in read_eval(out):
             step = int(row["env_step"])
             base = summarize(baselines_at(env, eval_seeds(cfg, step)))
-            curve.append({"env_step": step, "eval_return": row["episode_return"], "eval_std": row["return_std"], **base})
+            curve.append({"env_step": step, "eval_return": row["episode_return"], "eval_std": row["return_std"],
+                          **base})
             print(f"env_step={step:>7}  eval {row['episode_return']:8.1f} +- {row['return_std']:6.1f}   random "
-                  f"{base['random']:7.1f}   best constant {base['best_constant']:7.1f} ({base['best_constant_action']})",
+                  f"{base['random']:7.1f}   best constant {base['best_constant']:7.1f} "
+                  f"({base['best_constant_action']})",
                   flush=True)
     finally:
         env.close()
@@ -354,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     complete = final["env_step"] >= cfg.env_steps
     summary = {"check": "learning_check", "algo": cfg.algo, "env": cfg.env, "seed": cfg.seed,
                "action_repeat": cfg.action_repeat, "preset": args.preset,
-               "scale_overrides": differs_from_paper(cfg) if args.score_only else scale_overrides(args.algo, args.preset, args.sets), "env_steps": cfg.env_steps, "out": str(out),
+               "scale_overrides": (differs_from_paper(cfg) if args.score_only
+                                   else scale_overrides(args.algo, args.preset, args.sets)),
+               "env_steps": cfg.env_steps, "out": str(out),
                "eval_episodes": cfg.eval_episodes, "eval_mean_action": cfg.eval_mean_action,
                "complete": complete,
                "train_wall_s": None if wall is None else round(wall, 1), "host": describe(), "cpu": cpu_name(),

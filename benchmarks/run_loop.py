@@ -164,10 +164,12 @@ def main() -> None:
         "machine": describe(),
         "frames": args.frames, "rounds": args.rounds, "action_repeat": 1,
         **main84,
-        "video_168_resized": {k: results[168][k] for k in ("loop_decisions_per_s", "overhead_pct", "overhead_us_per_frame")},
+        "video_168_resized": {k: results[168][k]
+                              for k in ("loop_decisions_per_s", "overhead_pct", "overhead_us_per_frame")},
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "target": {"overhead_pct_max": 100 * TARGET_OVERHEAD, "decisions_per_s_min": TARGET_RATE},
-        "meets_target": main84["overhead_pct"] <= 100 * TARGET_OVERHEAD and main84["loop_decisions_per_s"] >= TARGET_RATE,
+        "meets_target": (main84["overhead_pct"] <= 100 * TARGET_OVERHEAD
+                         and main84["loop_decisions_per_s"] >= TARGET_RATE),
     }))
 
 

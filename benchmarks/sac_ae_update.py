@@ -134,7 +134,8 @@ def gpu_rate(mode: str, updates: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--updates", type=lockstep.step_count, default=24, help="timed updates per mode (even: the actor runs every 2nd)")
+    parser.add_argument("--updates", type=lockstep.step_count, default=24,
+                        help="timed updates per mode (even: the actor runs every 2nd)")
     parser.add_argument("--worker", choices=sorted(MODES))
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the modes run")
     parser.add_argument("--no-bf16", action="store_true",

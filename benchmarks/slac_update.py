@@ -23,7 +23,8 @@ Each variant runs in its own process (the allocator setting is process-wide) and
 in lockstep (benchmarks/lockstep.py: step i of every variant back to back, the order rotating), so a
 burst of CPU steal slows one step's variants alike; the speedup is the median of the per-step
 paired ratios, medians and minima of the times are reported. All variants start from the same
-weights and seeds; their first model and critic losses are compared (same math up to fp32 rounding) before anything is timed.
+weights and seeds; their first model and critic losses are compared (same math up to fp32 rounding)
+before anything is timed.
 
 `--device cuda` runs the variants on the GPU, the replay's frames on the device as in training;
 each update is timed to the end of its GPU work.
@@ -145,7 +146,8 @@ def main() -> None:
     t_start = time.perf_counter()
     runs, ready = lockstep.run(__file__, variants, args.steps, "--threads", str(args.threads), "--device", args.device,
                                "--episodes", str(args.episodes),
-                               show=lambda r: ", ".join(f"{v} {r[v]['model']:.0f}+{r[v]['sac']:.0f} ms" for v in variants))
+                               show=lambda r: ", ".join(f"{v} {r[v]['model']:.0f}+{r[v]['sac']:.0f} ms"
+                                                        for v in variants))
 
     def summary(v: str) -> dict[str, float]:
         m, s = [r["model"] for r in runs[v]], [r["sac"] for r in runs[v]]

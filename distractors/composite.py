@@ -145,12 +145,14 @@ class SimulatedBackground:
         self._pending_seed: int | None = seed
 
     def reset(self, seed: int | None = None) -> None:
+        """Start an episode: a new ball layout from `seed` (None: the constructor's seed)."""
         if self._compositor is None:
             self._pending_seed = self.seed if seed is None else seed
         else:
             self._compositor.reset(seed)
 
     def __call__(self, env: Any, size: int) -> np.ndarray:
+        """Render `env`'s current frame at size x size with the balls pasted in."""
         if self._compositor is None or self._compositor.distractor.height != size:
             self._compositor = DistractorCompositor(size, size, seed=self._pending_seed, **self.options)
         return render_with_distractor(env.physics, size, env.camera_id, self._compositor, self.include_floor)

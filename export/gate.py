@@ -46,10 +46,12 @@ class ActionDiff:
         self.diffs: list[np.ndarray] = []
 
     def add(self, inputs: Inputs) -> None:
+        """Run both graphs on one decision's inputs and record their action difference."""
         want = self.reference.run([contract.OUT_ACTION], inputs)[0][0]
         self.diffs.append(np.abs(self.variant.run([contract.OUT_ACTION], inputs)[0][0] - want) / self.span)
 
     def stats(self) -> dict[str, Any]:
+        """Max and mean difference over the recorded decisions (None for both if any was not finite)."""
         d = np.stack(self.diffs)
         finite = bool(np.isfinite(d).all())
         return {"max": _number(float(d.max())) if finite else None,
@@ -58,6 +60,8 @@ class ActionDiff:
 
 @dataclass
 class GateResult:
+    """The behaviour gate's verdict on a lower-precision variant, with the evidence behind it."""
+
     precision: str
     env: str
     episodes: int
@@ -74,9 +78,11 @@ class GateResult:
     passed: bool
 
     def to_json(self) -> dict[str, Any]:
+        """The result as stored in the variant's metadata, with the unit of the action differences."""
         return {**asdict(self), "action_unit": "fraction of the action range (high - low)"}
 
     def line(self) -> str:
+        """A one-line human summary of the gate, for the export's report."""
         def num(x: float | None, fmt: str) -> str:
             return "n/a" if x is None else format(x, fmt)
 

@@ -56,6 +56,7 @@ class ToBounds(nn.Module):
         self.register_buffer("offset", torch.as_tensor(bounds.offset))
 
     def forward(self, action: torch.Tensor) -> torch.Tensor:
+        """Agent [-1, 1] actions -> the env's units (what the policy file emits)."""
         return action if self.identity else to_env_units(action, self.scale, self.offset)
 
     def inverse(self, action: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,7 @@ class ToBounds(nn.Module):
 
 
 def action_bounds(facts: EnvFacts) -> ActionBounds:
+    """The task's action bounds, as the training env maps actions."""
     return ActionBounds(facts.action_low, facts.action_high)
 
 
@@ -115,6 +117,7 @@ class FrameStackPolicy(nn.Module):
         self.convs = RawPixelConvs(actor.encoder.trunk.net)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frame stacks (B, K, H, W, C) -> the actor's mean action in env units."""
         b, k, h, w, c = frames.shape
         obs = frames.permute(0, 1, 4, 2, 3).reshape(b, k * c, h, w)
         mu, _ = self.actor.dist_params(self.actor.encoder.head(self.convs(obs)))
@@ -129,6 +132,7 @@ class StatePolicy(nn.Module):
         self.actor, self.bounds = actor, bounds
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """States (B, S) -> the actor's mean action in env units."""
         return self.bounds(self.actor.mean_action(state))
 
 
@@ -195,6 +199,7 @@ class SlacStatelessPolicy(_SlacPolicy):
     (`RawPixelConvs`), then the history-conditioned actor head."""
 
     def forward(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """H frames and the actions taken (env units) -> the next action in env units."""
         b, h, height, width, c = frames.shape
         features = self.encode(frames.reshape(b * h, height, width, c).permute(0, 3, 1, 2)).reshape(b, h, -1)
         return self.bounds(self.actor(features, self.bounds.inverse(actions)))
@@ -208,6 +213,7 @@ class SlacStatefulPolicy(_SlacPolicy):
 
     def forward(self, frame: torch.Tensor, feature_cache: torch.Tensor, action_cache: torch.Tensor,
                 reset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One frame and the caches -> the action (env units) and the caches for the next call."""
         feature = self.encode(frame.permute(0, 3, 1, 2))[:, None]  # (1, 1, F)
         fresh = reset[:, :, None] > 0.5
         padded, no_actions = start_history(feature, feature_cache.shape[1] + 1, action_cache.shape[2])

@@ -36,6 +36,8 @@ HISTORY_MODES = ("stateful", "stateless")
 
 @dataclass(frozen=True)
 class ExportResult:
+    """What an export wrote: the policy file, its interface and precision, and the checks it passed."""
+
     path: Path
     interface: str
     exporter: str
@@ -46,6 +48,8 @@ class ExportResult:
 
 @dataclass
 class LoadedRun:
+    """A training run's config, agent and env facts, restored from its checkpoint for export."""
+
     cfg: Any
     agent: Any
     facts: EnvFacts
@@ -89,6 +93,7 @@ def load_run(run_dir: Path) -> LoadedRun:
 
 
 def build_spec(agent: Any, cfg: Any, facts: EnvFacts, history: str | None = None) -> GraphSpec:
+    """Pick the graph an algorithm exports; `history` (stateful/stateless) applies to SLAC only."""
     if cfg.algo == "slac":
         return slac_spec(agent, cfg, facts, history or "stateful")
     if history is not None:

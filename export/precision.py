@@ -91,9 +91,11 @@ class InputRecorder:
         return getattr(self.session, name)
 
     def io_binding(self) -> _RecordingBinding:
+        """The real session's binding, wrapped so the inputs bound to it are seen."""
         return _RecordingBinding(self.session.io_binding())
 
     def run_with_iobinding(self, binding: _RecordingBinding) -> None:
+        """Hand a copy of the bound inputs to `sink`, then run the real session."""
         self.sink({name: value.numpy().copy() for name, value in binding.inputs.items()})  # numpy() is a view
         self.session.run_with_iobinding(binding.binding)
 
@@ -109,6 +111,8 @@ def recording_policy(path: Path, sink: Callable[[Inputs], None]) -> Any:
 # ---------------------------------------------------------------------------- calibration frames
 @dataclass
 class Calibration:
+    """Graph inputs from real decisions, used to calibrate int8 and to measure a variant's tensor error."""
+
     inputs: list[Inputs]  # graph inputs, one dict per decision
     source: str  # where the frames came from, for the metadata and the user
 
@@ -210,7 +214,8 @@ def _read_frames_directly(path: Path, casts: list[str]) -> None:
             node.input[:] = [cast_input[q.input[0]] if name == q.output[0] else name for name in node.input]
         graph.node.remove(q)
     used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    for cast in [n for n in graph.node if n.op_type == "Cast" and n.output[0] in cast_input and n.output[0] not in used]:
+    dead = [n for n in graph.node if n.op_type == "Cast" and n.output[0] in cast_input and n.output[0] not in used]
+    for cast in dead:
         graph.node.remove(cast)
     onnx.save_model(model, str(path), save_as_external_data=False)
 
@@ -261,9 +266,11 @@ def bf16_unsupported() -> str | None:
 
     def load(op: str, dtype: int, x: list[int], w: list[int]) -> str | None:
         graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"])], op,
-                                  [helper.make_tensor_value_info("x", dtype, x), helper.make_tensor_value_info("w", dtype, w)],
+                                  [helper.make_tensor_value_info("x", dtype, x),
+                                   helper.make_tensor_value_info("w", dtype, w)],
                                   [helper.make_tensor_value_info("y", dtype, None)])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", contract.OPSET)], ir_version=PROBE_IR_VERSION)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", contract.OPSET)],
+                                  ir_version=PROBE_IR_VERSION)
         try:
             ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's pybind error classes
@@ -274,7 +281,8 @@ def bf16_unsupported() -> str | None:
     for op, x, w in (("Conv", [1, 1, 4, 4], [1, 1, 3, 3]), ("Gemm", [2, 3], [3, 2])):
         control = load(op, TensorProto.FLOAT, x, w)
         if control is not None:
-            raise ExportError(f"the bfloat16 probe is broken: a float32 {op} does not load ({control.splitlines()[0][:120]})")
+            raise ExportError(f"the bfloat16 probe is broken: a float32 {op} does not load "
+                              f"({control.splitlines()[0][:120]})")
         error = load(op, TensorProto.BFLOAT16, x, w)
         if error is not None:
             missing.append(f"{op}: " + ("no bfloat16 kernel" if "NOT_IMPLEMENTED" in error
@@ -290,11 +298,13 @@ def check_interface(reference: Path, variant: Path) -> None:
     """The variant must declare the fp32 file's inputs and outputs: names, element types, shapes."""
     def io(path: Path) -> list[tuple[str, int, list[Any]]]:
         graph = onnx.load(str(path), load_external_data=False).graph
-        return [(v.name, v.type.tensor_type.elem_type, [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim])
+        return [(v.name, v.type.tensor_type.elem_type,
+                 [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim])
                 for v in [*graph.input, *graph.output]]
 
     if io(reference) != io(variant):
-        raise ExportError(f"the converted graph changed the policy's interface: {io(variant)} instead of {io(reference)}")
+        raise ExportError(f"the converted graph changed the policy's interface: {io(variant)} "
+                          f"instead of {io(reference)}")
 
 
 def make_variant(fp32: Path, dst: Path, options: PrecisionOptions, *, replay: Path | None, env: str,

@@ -19,16 +19,20 @@ TOLERANCE = 1e-4
 
 @dataclass(frozen=True)
 class Parity:
+    """The worst onnxruntime-vs-torch action error over random batches (the export's parity check)."""
+
     max_abs_error: float
     batches: int
     batch_size: int
 
     def line(self) -> str:
+        """A one-line human summary of the parity check, for the export's report."""
         return (f"parity: max |onnxruntime - torch| = {self.max_abs_error:.2e} over {self.batches} random "
                 f"batches of {self.batch_size} (limit {TOLERANCE:.0e})")
 
 
 def check_model(path: Path) -> None:
+    """Run the full ONNX checker on `path`; raise ExportError with its first line if it fails."""
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
@@ -65,12 +69,15 @@ def check_parity(path: Path, spec: GraphSpec, batches: int = 4, batch_size: int 
 
 @dataclass(frozen=True)
 class Rollout:
+    """The SLAC history check: worst errors between the two graphs and against the training policy."""
+
     steps: int
     resets: tuple[int, ...]
     stateful_vs_stateless: float
     vs_training: float
 
     def line(self) -> str:
+        """A one-line human summary of the history rollout check, for the export's report."""
         return (f"rollout: {self.steps} steps, resets at {list(self.resets)}: max |stateful - stateless| = "
                 f"{self.stateful_vs_stateless:.2e}, max |onnx - training HistoryPolicy| = {self.vs_training:.2e}")
 

@@ -91,7 +91,8 @@ def run_episodes(policy: Policy, env_name: str, condition: str, episodes: int, s
                    camera_id=policy.camera_id, render=make_background(condition, seed) if pixels else None)
     if env.action_dim != policy.action_dim:
         env.close()
-        raise EvalError(f"{env_name} takes {env.action_dim}-d actions; the {policy.env} policy gives {policy.action_dim}-d")
+        raise EvalError(f"{env_name} takes {env.action_dim}-d actions; "
+                        f"the {policy.env} policy gives {policy.action_dim}-d")
     # The env takes [-1, 1] and maps to the task's bounds; policies emit finite actions in those
     # bounds, and Policy.load has checked that low < high.
     bounds = ActionBounds(policy.action_low, policy.action_high)
@@ -149,6 +150,7 @@ def summary_rows(results: Sequence[ConditionResult], conditions: Sequence[str]) 
 
 
 def markdown_table(rows: list[dict[str, Any]], conditions: Sequence[str], episodes: int) -> str:
+    """The robustness results as a markdown table: returns per condition, their drops and failures."""
     head = (["policy", "algo"] + [f"{c} (mean ± sd of completed)" for c in conditions]
             + [f"drop {c}" for c in conditions[1:]] + ["failed"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -220,12 +222,14 @@ def write_report(out: Path, results: Sequence[ConditionResult], conditions: Sequ
 
 
 def check_conditions(items: Sequence[str]) -> list[str]:
+    """Validate `--distractors` names, dropping blanks and repeats; raise EvalError on an unknown one."""
     from distractors import DISTRACTORS
 
     conditions = list(dict.fromkeys(c.strip() for c in items if c.strip()))
     bad = [c for c in conditions if c not in DISTRACTORS]
     if bad or not conditions:
-        raise EvalError(f"--distractors takes a comma-separated list of {', '.join(DISTRACTORS)}; got {','.join(items)!r}")
+        raise EvalError(f"--distractors takes a comma-separated list of {', '.join(DISTRACTORS)}; "
+                        f"got {','.join(items)!r}")
     return conditions
 
 

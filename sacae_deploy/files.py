@@ -74,6 +74,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) so that `path` holds either the old or the whole new content."""
     atomic_write_bytes(path, text.encode())
 
 

@@ -61,9 +61,11 @@ class PolicyLike(Protocol):
     control_timestep: float
     stats: "ActionStats"
 
-    def reset(self) -> None: ...
+    def reset(self) -> None:
+        """Start an episode: the next frame is treated as the first one."""
 
-    def act(self, frame: np.ndarray) -> np.ndarray: ...
+    def act(self, frame: np.ndarray) -> np.ndarray:
+        """One RGB frame in, the action to take (the task's units) out."""
 
 
 @dataclass
@@ -87,10 +89,12 @@ class Summary:
     interrupted: bool = False  # ended by Ctrl-C
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as plain JSON-ready data (`--summary-json`)."""
         return asdict(self)
 
 
 def latency_stats(latencies_s: list[float]) -> dict[str, float | None]:
+    """Percentiles, max and mean of the latencies in ms; all None when there were none."""
     if not latencies_s:
         return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None}
     ms = np.asarray(latencies_s) * 1e3
@@ -237,6 +241,7 @@ class JsonLines:
             self._file = sys.stdout
 
     def __call__(self, record: dict[str, Any]) -> None:
+        """Write one record as a JSON line (flushed at once when it goes to stdout)."""
         try:
             self._file.write(_JSON.encode(record) + "\n")
             if not self._own:
@@ -247,5 +252,6 @@ class JsonLines:
             raise
 
     def close(self) -> None:
+        """Close the file; stdout is left open."""
         if self._own:
             self._file.close()

@@ -99,6 +99,7 @@ class AreaResize:
         self._plans: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] = {}
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
+        """The frame at size x size (returned as is when it already is)."""
         h, w = frame.shape[:2]
         n = self.size
         if h == n and w == n:
@@ -146,6 +147,7 @@ class FrameSource:
         return None
 
     def close(self) -> None:
+        """Release what the source holds (a file, a camera, a simulator); nothing by default."""
         pass
 
     def __enter__(self) -> "FrameSource":
@@ -219,6 +221,7 @@ class DMCSource(FrameSource):
                 yield obs.transpose(1, 2, 0)  # PixelObservation is channels-first; cameras give HWC
 
     def apply(self, action: np.ndarray) -> float:
+        """Step the simulation with `action` (the task's units); returns the step's reward."""
         step = self._env.step(action if self._bounds is None else self._bounds.to_unit(action))
         self._obs, self._last = step.obs, step.last
         self._return += step.reward
@@ -227,6 +230,7 @@ class DMCSource(FrameSource):
         return step.reward
 
     def close(self) -> None:
+        """Close the simulator."""
         self._env.close()
 
 
@@ -261,6 +265,7 @@ class VideoSource(FrameSource):
             yield _to_rgb(np.asarray(frame))
 
     def close(self) -> None:
+        """Close the video reader (and its ffmpeg process)."""
         self._reader.close()
 
 
@@ -321,6 +326,7 @@ class CameraSource(FrameSource):
             yield self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
 
     def close(self) -> None:
+        """Release the camera."""
         self._cap.release()
 
 

@@ -33,10 +33,12 @@ class VideoWriter:
             self._writer = imageio.get_writer(self._tmp, fps=fps, macro_block_size=1, quality=8)
 
     def append(self, frame: np.ndarray) -> None:
+        """Encode one frame, shielded from SIGINT/SIGTERM."""
         with interrupts.held():
             self._writer.append_data(np.ascontiguousarray(frame))
 
     def close(self) -> None:
+        """Finish the file and move it to its final name, shielded from SIGINT/SIGTERM."""
         with interrupts.held():
             self._writer.close()
             os.replace(self._tmp, self.path)

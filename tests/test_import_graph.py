@@ -1,5 +1,6 @@
-"""The project's import graph, read from the source with `ast` (nothing is imported), against its
-layers:
+"""The project's import graph, checked against its layers.
+
+The graph is read from the source with `ast` (nothing is imported). The layers:
 
     distractors  <  sacae_deploy (the runtime)  <  train  <  export  <  the CLI (sacae_deploy.cli, .commands)
 

@@ -73,8 +73,8 @@ class FrameReplay:
         if check_memory and need > avail - headroom_bytes:
             raise ReplayError(
                 f"replay of {capacity:,} transitions needs {need / 2**30:.1f} GiB but only "
-                f"{max(avail - headroom_bytes, 0) / 2**30:.1f} GiB is available (after {headroom_bytes / 2**30:.0f} GiB "
-                f"headroom); lower it with --set replay_capacity=N")
+                f"{max(avail - headroom_bytes, 0) / 2**30:.1f} GiB is available "
+                f"(after {headroom_bytes / 2**30:.0f} GiB headroom); lower it with --set replay_capacity=N")
         # np.zeros maps pages lazily: memory is committed as slots are written.
         self.obs = np.zeros((capacity, *self.obs_shape), dtype=self.obs_dtype)
         self.device_obs = None if device is None else self._device_mirror(device, need, check_memory)

@@ -23,7 +23,8 @@ def resolve_run(algo: str, env: str, out: Path, env_steps: int | None, seed: int
     """Validate everything a user typed and return the fully resolved config (nothing heavy is built)."""
     check_output_dir(out, "--out")
     overrides: dict[str, Any] = dict(config.parse_sets(sets))
-    flags = {"algo": algo, "env": env, "env_steps": env_steps, "seed": seed, "device": device, "distractors": distractors}
+    flags = {"algo": algo, "env": env, "env_steps": env_steps, "seed": seed, "device": device,
+             "distractors": distractors}
     for key, value in flags.items():
         if value is None:
             continue
@@ -40,7 +41,8 @@ def resolve_run(algo: str, env: str, out: Path, env_steps: int | None, seed: int
         except (ValueError, TypeError, KeyError) as exc:
             raise config.ConfigError(f"{saved} is not a readable run config ({type(exc).__name__}: {exc})") from None
         if saved_algo != algo or saved_env != env:
-            raise config.ConfigError(f"{out} holds a {saved_algo} run on {saved_env}; cannot resume it as {algo} on {env}")
+            raise config.ConfigError(f"{out} holds a {saved_algo} run on {saved_env}; "
+                                     f"cannot resume it as {algo} on {env}")
         return config.resolve(algo, preset, base, **overrides)
     if out.exists() and (not out.is_dir() or any(p.name != LOCK_NAME for p in out.iterdir())):
         if resume:

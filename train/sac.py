@@ -206,7 +206,8 @@ class SacAgent(SacFamilyAgent):
 
     # ------------------------------------------------------------------ learning
     def update(self, replay: Any, rng: np.random.Generator, step: int,
-               section: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None) -> dict[str, torch.Tensor]:
+               section: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
+               ) -> dict[str, torch.Tensor]:
         """One gradient step on a fresh batch. Metrics stay detached tensors: no host sync on a GPU.
         `section(name)` (benchmarks) wraps the sample/critic/actor/target/decoder phases."""
         cfg = self.cfg

@@ -248,7 +248,8 @@ def start_ray(spec: SweepSpec) -> None:
             ray.init(address=spec.address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             hint = "; it wants Ray's auth token: set RAY_AUTH_TOKEN or ~/.ray/auth_token" if needs_token else ""
-            raise SweepError(f"--address {spec.address}: cannot join the Ray cluster ({_first_line(exc)}){hint}") from None
+            raise SweepError(f"--address {spec.address}: cannot join the Ray cluster "
+                             f"({_first_line(exc)}){hint}") from None
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
     for name in ("ray", "ray.tune", "ray.train", "ray.air"):

@@ -260,7 +260,8 @@ def test_compositor_steps_once_per_frame() -> None:
 def test_import_needs_neither_torch_nor_mujoco() -> None:
     code = ("import sys, distractors; "
             "bad = {'torch', 'dm_control', 'mujoco'} & set(sys.modules); assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 
 def test_real_dm_control_render() -> None:

@@ -74,11 +74,14 @@ def test_slac_exports_check_the_history_rollout(exports: Exports) -> None:
     assert result.interface == contract.I_SLAC_STATEFUL
     assert result.checks[0].startswith("parity:") and result.checks[1].startswith("rollout: 20 steps")
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert meta[contract.K_INTERFACE] == contract.I_SLAC_STATEFUL and meta[contract.K_FRAME_STACK] == str(run.cfg.history_length)
+    assert meta[contract.K_INTERFACE] == contract.I_SLAC_STATEFUL
+    assert meta[contract.K_FRAME_STACK] == str(run.cfg.history_length)
     assert meta[contract.K_FEATURE_DIM] == str(run.agent.feature_dim) and meta[contract.K_IMAGE_SIZE] == "64"
     stateful = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in stateful.get_inputs()] == [contract.IN_FRAME, contract.IN_FEATURE_CACHE, contract.IN_ACTION_CACHE, contract.IN_RESET]
-    assert [o.name for o in stateful.get_outputs()] == [contract.OUT_ACTION, contract.OUT_FEATURE_CACHE, contract.OUT_ACTION_CACHE]
+    assert [i.name for i in stateful.get_inputs()] == [contract.IN_FRAME, contract.IN_FEATURE_CACHE,
+                                                       contract.IN_ACTION_CACHE, contract.IN_RESET]
+    assert [o.name for o in stateful.get_outputs()] == [contract.OUT_ACTION, contract.OUT_FEATURE_CACHE,
+                                                        contract.OUT_ACTION_CACHE]
     stateless = ort.InferenceSession(str(exports("slac", "stateless")[1]), providers=["CPUExecutionProvider"])
     assert [i.name for i in stateless.get_inputs()] == [contract.IN_FRAMES, contract.IN_ACTIONS]
 

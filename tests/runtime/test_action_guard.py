@@ -41,7 +41,8 @@ def metadata(interface: str = contract.I_FRAME_STACK, *, action_dim: int = 1, lo
     pixels = interface != contract.I_STATE
     algo = {contract.I_FRAME_STACK: "sac-ae", contract.I_STATE: "sac-state"}.get(interface, "slac")
     meta = {
-        contract.K_FORMAT: contract.FORMAT_VERSION, contract.K_ALGO: algo, contract.K_ENV: ENV, contract.K_INTERFACE: interface,
+        contract.K_FORMAT: contract.FORMAT_VERSION, contract.K_ALGO: algo, contract.K_ENV: ENV,
+        contract.K_INTERFACE: interface,
         contract.K_ACTION_DIM: str(action_dim),
         contract.K_ACTION_LOW: json.dumps(low if low is not None else [-1.0] * action_dim),
         contract.K_ACTION_HIGH: json.dumps(high if high is not None else [1.0] * action_dim),
@@ -101,8 +102,8 @@ def _ratio_nodes(interface: str, a: int, s: int) -> list[Any]:
             oh.make_node("Div", ["num", "den"], [contract.OUT_ACTION])]
 
 
-def craft(path: Path, meta: dict[str, str], *, interface: str = contract.I_FRAME_STACK, action: list[float] | None = None,
-          a: int = 1, s: int = 3, h: int = 8, state_dim: int = 2, f: int = 4,
+def craft(path: Path, meta: dict[str, str], *, interface: str = contract.I_FRAME_STACK,
+          action: list[float] | None = None, a: int = 1, s: int = 3, h: int = 8, state_dim: int = 2, f: int = 4,
           action_type: int = TensorProto.FLOAT) -> Path:
     """A policy file: graph shapes from (a, s, h, state_dim, f), `meta` as its metadata_props.
     The action is the constant `action`, or (action=None) the input-controlled ratio above.
@@ -141,7 +142,8 @@ def one_line(exc: BaseException) -> str:
 @pytest.fixture
 def ratio_state(tmp_path: Path) -> Policy:
     """A state policy whose action is state[0] / state[1], bounds [-1, 1]."""
-    return Policy.load(craft(tmp_path / "ratio.onnx", metadata(contract.I_STATE), interface=contract.I_STATE), device="cpu")
+    path = craft(tmp_path / "ratio.onnx", metadata(contract.I_STATE), interface=contract.I_STATE)
+    return Policy.load(path, device="cpu")
 
 
 @pytest.mark.parametrize("num, den", [(0.0, 0.0), (1.0, 0.0), (-1.0, 0.0), (3e38, 1e-3)])
@@ -187,7 +189,8 @@ def test_every_interface_guards_its_action(tmp_path: Path) -> None:
 def test_slac_history_holds_the_clipped_action(tmp_path: Path) -> None:
     """SLAC's stateless graph is fed the actions taken, and the one taken is the clipped one."""
     meta = metadata(contract.I_SLAC_STATELESS, frame_stack=3)
-    policy = Policy.load(craft(tmp_path / "s.onnx", meta, interface=contract.I_SLAC_STATELESS, action=[4.0]), device="cpu")
+    path = craft(tmp_path / "s.onnx", meta, interface=contract.I_SLAC_STATELESS, action=[4.0])
+    policy = Policy.load(path, device="cpu")
     for _ in range(3):
         policy.act(np.zeros((8, 8, 3), np.uint8))
     assert np.all(policy._actions.buf == 1.0)
@@ -207,7 +210,8 @@ BAD_VALUES = [
     (contract.K_ACTION_HIGH, "[true]", "action_high"),
     (contract.K_ACTION_DIM, "0", "action_dim"),
     (contract.K_ACTION_DIM, "1.5", "action_dim"),
-    ({contract.K_ACTION_DIM: "2", contract.K_ACTION_LOW: "[-1, -1]", contract.K_ACTION_HIGH: "[1, 1]"}, "", "action_dim 2"),  # graph: 1-d
+    ({contract.K_ACTION_DIM: "2", contract.K_ACTION_LOW: "[-1, -1]", contract.K_ACTION_HIGH: "[1, 1]"},
+     "", "action_dim 2"),  # graph: 1-d
     (contract.K_ACTION_REPEAT, "0", "action_repeat"),
     (contract.K_ACTION_REPEAT, "true", "action_repeat"),
     (contract.K_FRAME_STACK, "-3", "frame_stack"),
@@ -234,7 +238,8 @@ BAD_VALUES = [
     (contract.K_PRECISION, "int4", "precision"),
     (contract.K_GATE, contract.GATE_SKIPPED, "gate"),  # an fp32 file is the gate's reference, never gated
     ({contract.K_PRECISION: "int8"}, "", "needs sacae.gate"),
-    ({contract.K_PRECISION: "int8", contract.K_GATE: json.dumps({**GATE, "passed": False})}, "", "gate"),  # never published
+    # never published:
+    ({contract.K_PRECISION: "int8", contract.K_GATE: json.dumps({**GATE, "passed": False})}, "", "gate"),
     ({contract.K_PRECISION: "fp16", contract.K_GATE: json.dumps({**GATE, "mean_variant": None})}, "", "gate"),
     ({contract.K_PRECISION: "fp16", contract.K_GATE: "{"}, "", "gate"),
 ]
@@ -253,7 +258,8 @@ def test_bad_metadata_is_one_line(tmp_path: Path, key: str | dict[str, str], val
 
 @pytest.mark.parametrize("precision, gate, says", [
     ("fp32", None, "(frame_stack, fp32) on CPU"),
-    ("int8", json.dumps(GATE), "int8, behaviour gate passed: return 99.5 vs fp32 100.0, max action diff 0.012 of the range"),
+    ("int8", json.dumps(GATE),
+     "int8, behaviour gate passed: return 99.5 vs fp32 100.0, max action diff 0.012 of the range"),
     ("fp16", contract.GATE_SKIPPED, "fp16, behaviour gate skipped"),
 ])
 def test_precision_and_gate_are_read_and_described(tmp_path: Path, precision: str, gate: str | None, says: str) -> None:
@@ -264,7 +270,8 @@ def test_precision_and_gate_are_read_and_described(tmp_path: Path, precision: st
     assert says in policy.describe()
 
 
-@pytest.mark.parametrize("interface, drop", [(contract.I_STATE, contract.K_STATE_DIM), (contract.I_SLAC_STATEFUL, contract.K_FEATURE_DIM)])
+@pytest.mark.parametrize("interface, drop", [(contract.I_STATE, contract.K_STATE_DIM),
+                                             (contract.I_SLAC_STATEFUL, contract.K_FEATURE_DIM)])
 def test_interface_keys_are_required(tmp_path: Path, interface: str, drop: str) -> None:
     meta = metadata(interface)
     del meta[drop]
@@ -281,7 +288,8 @@ def test_graph_types_must_match_the_contract(tmp_path: Path) -> None:
 def test_slac_needs_a_history(tmp_path: Path) -> None:
     meta = metadata(contract.I_SLAC_STATELESS, frame_stack=1)
     with pytest.raises(PolicyError, match="frame_stack"):
-        Policy.load(craft(tmp_path / "p.onnx", meta, interface=contract.I_SLAC_STATELESS, action=[0.0], s=2), device="cpu")
+        Policy.load(craft(tmp_path / "p.onnx", meta, interface=contract.I_SLAC_STATELESS, action=[0.0], s=2),
+                    device="cpu")
 
 
 # ------------------------------------------------------------------------------ property test
@@ -309,7 +317,8 @@ def policy_cases(draw: st.DrawFn) -> tuple[dict[str, str], dict[str, Any], list[
                                    st.floats().map(json.dumps), st.text(max_size=20),
                                    st.lists(st.floats(), max_size=4).map(json.dumps)))
     elif mutation == "swap":
-        meta[contract.K_ACTION_LOW], meta[contract.K_ACTION_HIGH] = meta[contract.K_ACTION_HIGH], meta[contract.K_ACTION_LOW]
+        low_key, high_key = contract.K_ACTION_LOW, contract.K_ACTION_HIGH
+        meta[low_key], meta[high_key] = meta[high_key], meta[low_key]
     elif mutation == "length":
         meta[draw(st.sampled_from([contract.K_ACTION_LOW, contract.K_ACTION_HIGH]))] = json.dumps(low + [0.0])
     value = st.one_of(st.floats(-12, 12, width=32), st.floats(width=32),

@@ -25,7 +25,8 @@ def test_pixel_stack_shapes_and_reset_repeats_first_frame() -> None:
 
 
 def test_action_repeat_sums_rewards_and_ends_episodes() -> None:
-    plain, repeated = DMCEnv("cartpole-swingup", 3, episode_length=40), ActionRepeat(DMCEnv("cartpole-swingup", 3, episode_length=40), 4)
+    plain = DMCEnv("cartpole-swingup", 3, episode_length=40)
+    repeated = ActionRepeat(DMCEnv("cartpole-swingup", 3, episode_length=40), 4)
     try:
         plain.reset(seed=5)
         repeated.reset(seed=5)

@@ -49,7 +49,8 @@ def test_clean_eval_is_deterministic_and_matches_sacae_run(policy: Path, tmp_pat
     data = json.loads((tmp_path / "a" / "results.json").read_text())
     summary = tmp_path / "run.json"
     sacae("run", str(policy), "--source", "dmc", "--seed", "3", "--summary-json", str(summary), check=True)
-    assert json.loads(summary.read_text())["episode_returns"][0] == pytest.approx(data["rows"][0]["none"]["mean"], abs=1e-6)
+    first_return = json.loads(summary.read_text())["episode_returns"][0]
+    assert first_return == pytest.approx(data["rows"][0]["none"]["mean"], abs=1e-6)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -90,6 +91,7 @@ def test_failed_episodes_are_counted_not_averaged() -> None:
 
 def test_preview_gif(tmp_path: Path) -> None:
     out = tmp_path / "preview.gif"
-    sacae("distractors", "preview", "--env", "cartpole-swingup", "--steps", "5", "--size", "32", "--out", str(out), check=True)
+    sacae("distractors", "preview", "--env", "cartpole-swingup", "--steps", "5", "--size", "32", "--out", str(out),
+          check=True)
     frames = iio.imread(out)
     assert frames.shape == (5, 96, 192, 3)

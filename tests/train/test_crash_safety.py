@@ -232,7 +232,8 @@ def test_a_full_disk_is_one_line_and_keeps_the_published_checkpoint(tmp_path: Pa
         code, err = _finish(_launch(disk / "run"))
         assert code == 2 and "Traceback" not in err, err[-3000:]
         last = err.strip().splitlines()[-1]  # after the progress lines
-        assert re.fullmatch(rf"error: no space left in {re.escape(str(disk / 'run'))}\S*: \S+( \S+)? needs [\d,]+ bytes, [\d,]+ bytes "
+        assert re.fullmatch(rf"error: no space left in {re.escape(str(disk / 'run'))}\S*: "
+                            r"\S+( \S+)? needs [\d,]+ bytes, [\d,]+ bytes "
                             r"are free; free some space and continue with --resume", last), last
         checkpoint.verify(_published(disk / "run"))
     finally:
@@ -252,7 +253,8 @@ def _replay(slots: int = 30, capacity: int = 50) -> FrameReplay:
 
 def _state(env_step: int, replay: FrameReplay) -> dict[str, Any]:
     return {"env_step": env_step, "agent_step": replay.total - 3, "episode": 3, "pretrained": False,
-            "next_eval": 0, "next_ckpt": 0, "eval_returns": [1.5], "numpy_rng": np.random.default_rng(0).bit_generator.state}
+            "next_eval": 0, "next_ckpt": 0, "eval_returns": [1.5],
+            "numpy_rng": np.random.default_rng(0).bit_generator.state}
 
 
 def _save(run: Path, env_step: int, replay: FrameReplay, previous: Path | None = None) -> Path:

@@ -367,7 +367,8 @@ def test_channels_last_copy_is_the_layout_copy(shape: tuple[int, ...], dtype: to
 
 # ------------------------------------------------------------------------------- Adam, soft updates
 def _adam_runs(make_opts: list[Callable[[list[nn.Parameter]], torch.optim.Optimizer]],
-               nchw_grad_at: tuple[int, int] | None = None) -> tuple[list[list[nn.Parameter]], list[torch.optim.Optimizer]]:
+               nchw_grad_at: tuple[int, int] | None = None,
+               ) -> tuple[list[list[nn.Parameter]], list[torch.optim.Optimizer]]:
     """Four steps of each optimizer on the same channels_last / 2-d / 1-d parameters and gradients;
     nchw_grad_at=(step, param): that gradient assigned in NCHW layout to a channels_last parameter."""
     torch.manual_seed(0)
@@ -393,7 +394,8 @@ def test_fused_adam_is_torch_fused_adam_bit_for_bit(weight_decay: float) -> None
     """FusedAdam hands channels_last tensors to torch's fused kernel as flat views (no layout copies):
     the same parameters and state as torch.optim.Adam(fused=True), layouts kept."""
     runs, opts = _adam_runs([lambda ps: FusedAdam(ps, 1e-2, (0.5, 0.999), weight_decay),
-                             lambda ps: torch.optim.Adam(ps, 1e-2, (0.5, 0.999), weight_decay=weight_decay, fused=True)])
+                             lambda ps: torch.optim.Adam(ps, 1e-2, (0.5, 0.999), weight_decay=weight_decay,
+                                                         fused=True)])
     for mine, theirs in zip(*runs):
         assert torch.equal(mine, theirs) and mine.stride() == theirs.stride()
         for key in ("step", "exp_avg", "exp_avg_sq"):

@@ -110,7 +110,8 @@ def test_score_only_on_a_logged_run(tmp_path: Path, capsys) -> None:
     out.mkdir()
     cfg = C.resolve("sac-ae", "smoke", None, env="cartpole-swingup", episode_length=80, env_steps=160, eval_every=80)
     (out / "config.json").write_text(json.dumps(C.to_dict(cfg)))
-    (out / "train.csv").write_text("env_step,episode_length,steps_per_s,wall_time\n80,80,40.0,1000.0\n160,80,40.0,1002.0\n")
+    (out / "train.csv").write_text("env_step,episode_length,steps_per_s,wall_time\n"
+                                   "80,80,40.0,1000.0\n160,80,40.0,1002.0\n")
 
     def run(final: float) -> tuple[int, dict]:
         (out / "eval.csv").write_text("env_step,episode_return,return_std,episodes,wall_time\n"

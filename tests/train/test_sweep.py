@@ -77,7 +77,8 @@ def test_report_numbers_equal_a_hand_computation(synthetic_sweep: Path) -> None:
     md = (out / "results.md").read_text()
     assert "| sac-ae | cartpole-swingup | 100,000 | 50,000–100,000 | 3 | 263.3 ± 100.2 |" in md
     assert row["partial"] and "311 ± 11 (curl) | (0.85) |" in md  # seed 3 stopped short of 100k
-    assert "unfinished: sac-ae cartpole-swingup seed 3 (checkpoint at 60,000 of 100,000 env steps; last eval at 50,000)" in md
+    assert ("unfinished: sac-ae cartpole-swingup seed 3 "
+            "(checkpoint at 60,000 of 100,000 env steps; last eval at 50,000)") in md
     assert "not started: sac-ae/walker-run/seed_2" in md and "- curl: Srinivas" in md
     with open(out / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -220,14 +221,16 @@ def smoke_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproc
     out = tmp_path_factory.mktemp("sweep") / "s"
     env = dict(os.environ, SACAE_SWEEP_TEST_DIE=f"{DIES}@400")
     proc = subprocess.run([*SACAE, "sweep", "--algo", "sac-ae,sac-state", "--env", "cartpole-swingup", "--seeds", "2",
-                           "--preset", "smoke", "--env-steps", "600", "--set", "checkpoint_every=200", "--out", str(out)],
+                           "--preset", "smoke", "--env-steps", "600", "--set", "checkpoint_every=200",
+                           "--out", str(out)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
 
 @pytest.mark.slow
-def test_sweep_writes_ordinary_run_folders_and_a_report(smoke_sweep: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_sweep_writes_ordinary_run_folders_and_a_report(
+        smoke_sweep: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, proc = smoke_sweep
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (summary["trials"], summary["ran"], summary["failed"]) == (4, 4, [])
@@ -235,7 +238,8 @@ def test_sweep_writes_ordinary_run_folders_and_a_report(smoke_sweep: tuple[Path,
         for seed in (1, 2):
             folder = out / "trials" / algo / "cartpole-swingup" / f"seed_{seed}"
             cfg = json.loads((folder / "config.json").read_text())
-            assert (cfg["algo"], cfg["seed"], cfg["env_steps"], cfg["threads"], cfg["device"]) == (algo, seed, 600, 1, "cpu")
+            assert (cfg["algo"], cfg["seed"], cfg["env_steps"]) == (algo, seed, 600)
+            assert (cfg["threads"], cfg["device"]) == (1, "cpu")
             assert [int(r["env_step"]) for r in _rows(folder / "eval.csv")][-1] == 600
             assert (folder / "checkpoints" / "latest").read_text().startswith("step_000000600")
     assert "Traceback" not in proc.stderr and "INFO" not in proc.stderr  # Ray's own logs stay off the terminal
