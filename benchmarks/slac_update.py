@@ -52,7 +52,7 @@ import lockstep  # noqa: E402
 from lockstep import serve  # noqa: E402
 from machine import StealMeter, cpu_name  # noqa: E402
 
-from train import config as C  # noqa: E402
+from train import config as train_config  # noqa: E402
 from train.replay import FrameReplay  # noqa: E402
 from train.slac import SlacAgent  # noqa: E402
 from train.torch_utils import tune_allocator  # noqa: E402
@@ -77,7 +77,7 @@ def make_agent(variant: str, device: torch.device) -> SlacAgent:
     """The variant's agent; built right after torch.manual_seed(0), every variant has the same weights."""
     overrides: dict[str, Any] = {"naive": dict(backend="plain"), "optimized": {},
                                  "optimized_bf16": dict(bf16=True)}[variant.removesuffix("_tuned")]
-    cfg = C.resolve("slac", "paper", env=ENV, **overrides)
+    cfg = train_config.resolve("slac", "paper", env=ENV, **overrides)
     agent = SlacAgent(cfg, (3, 64, 64), ACTION_DIM, device)  # type: ignore[arg-type]
     if variant.startswith("naive"):  # the reference's passes: one encoder pass, every window position
         agent.encode_chunk = None

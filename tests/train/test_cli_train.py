@@ -64,11 +64,11 @@ def test_resume_after_kill_continues_the_counters(run_dir: Path) -> None:
 def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, distractors: str) -> None:
     """Episode seeds, RNG states and replay are checkpointed: resuming changes nothing, moving-ball
     backgrounds included (they are seeded per episode), and no step is evaluated twice."""
-    from train import config as C
+    from train import config as train_config
     from train.workspace import Workspace
 
-    def cfg(steps: int) -> C.CommonConfig:
-        return C.resolve("sac-pixel", "smoke", env_steps=steps, checkpoint_every=200, eval_every=400,
+    def cfg(steps: int) -> train_config.CommonConfig:
+        return train_config.resolve("sac-pixel", "smoke", env_steps=steps, checkpoint_every=200, eval_every=400,
                          distractors=distractors)
 
     Workspace(cfg(600), tmp_path / "full").run()
@@ -142,7 +142,7 @@ def test_non_empty_out_without_resume_exits_2(run_dir: Path) -> None:
 def test_emulated_bf16_is_announced_when_the_run_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--set bf16=true where the CPU lacks bf16 units runs slower than float32: the run says so,
     first, in one line (the CLI prints progress messages to stderr); where it has them, nothing."""
-    from train import config as C
+    from train import config as train_config
     from train import torch_utils
     from train.workspace import Workspace
 
@@ -150,7 +150,7 @@ def test_emulated_bf16_is_announced_when_the_run_starts(tmp_path: Path, monkeypa
     for native in (False, True):
         monkeypatch.setattr(torch_utils, "bf16_is_native", lambda device, native=native: native)
         messages: list[str] = []
-        cfg = C.resolve("sac-pixel", "smoke", env_steps=16, bf16=True, device="cpu")
+        cfg = train_config.resolve("sac-pixel", "smoke", env_steps=16, bf16=True, device="cpu")
         Workspace(cfg, tmp_path / str(native)).run(lambda step, info: messages.extend(
             [info["message"]] if "message" in info else []))
         said[native] = messages

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from train import config as C
+from train import config as train_config
 from train.cuda_graph import GraphedStep
 from train.replay import FrameReplay
 from train.slac import SlacAgent
@@ -56,7 +56,7 @@ def _slac_replay(action_dim: int) -> FrameReplay:
 
 
 def test_graphed_slac_updates_learn_and_move_every_network() -> None:
-    cfg = C.resolve("slac", "smoke", env="cheetah-run", model_lr=1e-3)
+    cfg = train_config.resolve("slac", "smoke", env="cheetah-run", model_lr=1e-3)
     torch.manual_seed(0)
     agent = SlacAgent(cfg, (3, 64, 64), 6, CUDA)  # type: ignore[arg-type]
     assert agent.graphs

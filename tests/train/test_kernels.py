@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train import config as C
+from train import config as train_config
 from train import layers as plain_layers
 from train.backend import Kernels, backend_name, kernels
 from train.decoder import PixelDecoder
@@ -50,7 +50,7 @@ def _fast(module: nn.Module) -> nn.Module:
 
 
 def _sac_agent(backend: str, **kw: object) -> tuple[SacAgent, FrameReplay]:
-    cfg = C.resolve("sac-ae", "smoke", backend=backend, **kw)
+    cfg = train_config.resolve("sac-ae", "smoke", backend=backend, **kw)
     torch.manual_seed(0)
     agent = SacAgent(cfg, (9, cfg.image_size, cfg.image_size), 1, torch.device("cpu"))
     replay = FrameReplay(200, (3, cfg.image_size, cfg.image_size), np.uint8, 1)
@@ -64,7 +64,7 @@ def _sac_agent(backend: str, **kw: object) -> tuple[SacAgent, FrameReplay]:
 
 
 def _slac_agent(backend: str) -> SlacAgent:
-    cfg = C.resolve("slac", "smoke", backend=backend)
+    cfg = train_config.resolve("slac", "smoke", backend=backend)
     torch.manual_seed(0)
     return SlacAgent(cfg, (3, 64, 64), 2, torch.device("cpu"))  # type: ignore[arg-type]
 
@@ -75,10 +75,10 @@ def test_backend_auto_is_fast_cpu_on_a_cpu_and_plain_on_a_gpu() -> None:
     assert backend_name("auto", cpu) == "fast-cpu" and backend_name("auto", gpu) == "plain"
     assert backend_name("plain", cpu) == "plain"
     assert type(kernels("plain", cpu)) is Kernels and isinstance(kernels("auto", cpu), FastCpuKernels)
-    with pytest.raises(C.ConfigError, match="backend must be"):
-        C.resolve("sac-ae", "smoke", backend="fast")
-    with pytest.raises(C.ConfigError, match="fast-cpu runs on the CPU"):
-        C.resolve("slac", "smoke", backend="fast-cpu", device="cuda")
+    with pytest.raises(train_config.ConfigError, match="backend must be"):
+        train_config.resolve("sac-ae", "smoke", backend="fast")
+    with pytest.raises(train_config.ConfigError, match="fast-cpu runs on the CPU"):
+        train_config.resolve("slac", "smoke", backend="fast-cpu", device="cuda")
 
 
 @pytest.mark.parametrize("algo", ["sac-ae", "slac"])
@@ -86,10 +86,10 @@ def test_plain_backend_trains_without_importing_train_fast(algo: str) -> None:
     """backend=plain: a CPU update with none of train.fast loaded (nor any of its private APIs used)."""
     code = f"""
 import sys, numpy as np, torch
-from train import config as C
+from train import config as train_config
 from train.replay import FrameReplay
 from train.workspace import make_agent
-cfg = C.resolve({algo!r}, "smoke", backend="plain")
+cfg = train_config.resolve({algo!r}, "smoke", backend="plain")
 shape = (3, cfg.image_size, cfg.image_size)
 rng = np.random.default_rng(0)
 replay = FrameReplay(100, shape, np.uint8, 1, check_memory=False)
@@ -171,7 +171,7 @@ def test_backends_make_the_same_sac_ae_update() -> None:
 
 
 def test_backends_make_the_same_slac_model_update() -> None:
-    cfg = C.resolve("slac", "smoke", model_lr=0.0)
+    cfg = train_config.resolve("slac", "smoke", model_lr=0.0)
     rng = np.random.default_rng(0)
     replay = FrameReplay(100, (3, 64, 64), np.uint8, 2, check_memory=False)
     replay.add_first(rng.integers(0, 255, (3, 64, 64)).astype(np.uint8))
@@ -182,7 +182,7 @@ def test_backends_make_the_same_slac_model_update() -> None:
     runs = []
     for backend in ("fast-cpu", "plain"):
         torch.manual_seed(0)
-        agent = SlacAgent(C.resolve("slac", "smoke", model_lr=0.0, backend=backend), (3, 64, 64), 2,
+        agent = SlacAgent(train_config.resolve("slac", "smoke", model_lr=0.0, backend=backend), (3, 64, 64), 2,
                           torch.device("cpu"))  # type: ignore[arg-type]
         torch.manual_seed(1)
         metrics = agent.update_model(batch)

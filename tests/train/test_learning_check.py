@@ -24,9 +24,9 @@ lc = _load()
 
 
 def _cfg(tmp_path: Path, algo: str = "sac-ae", env: str = "cartpole-swingup", **extra: str):
-    from train import config as C
+    from train import config as train_config
 
-    return C.resolve(algo, "smoke", None, env=env, **extra)
+    return train_config.resolve(algo, "smoke", None, env=env, **extra)
 
 
 def test_criterion_needs_both_ratio_and_absolute_margin() -> None:
@@ -104,12 +104,13 @@ def test_score_only_on_a_logged_run(tmp_path: Path, capsys) -> None:
     """The scoring path end to end on a fabricated run folder: verdict, exit code, JSON line, files."""
     import json
 
-    from train import config as C
+    from train import config as train_config
 
     out = tmp_path / "run"
     out.mkdir()
-    cfg = C.resolve("sac-ae", "smoke", None, env="cartpole-swingup", episode_length=80, env_steps=160, eval_every=80)
-    (out / "config.json").write_text(json.dumps(C.to_dict(cfg)))
+    cfg = train_config.resolve("sac-ae", "smoke", None, env="cartpole-swingup", episode_length=80, env_steps=160,
+                               eval_every=80)
+    (out / "config.json").write_text(json.dumps(train_config.to_dict(cfg)))
     (out / "train.csv").write_text("env_step,episode_length,steps_per_s,wall_time\n"
                                    "80,80,40.0,1000.0\n160,80,40.0,1002.0\n")
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from sacae_deploy.contract import PADDING_RULE
-from train import config as C
+from train import config as train_config
 from train.replay import FrameReplay
 from train.slac import HistoryPolicy, SlacAgent
 from train.slac_model import FrameDecoder, FrameEncoder, Gaussian, LatentModel, gaussian_kl, gaussian_log_prob
@@ -37,7 +37,7 @@ def _one_thread() -> Iterator[None]:
 
 
 def _agent(**kw: object) -> SlacAgent:
-    cfg = C.resolve("slac", "smoke", **kw)
+    cfg = train_config.resolve("slac", "smoke", **kw)
     torch.manual_seed(0)
     return SlacAgent(cfg, (3, 64, 64), A, torch.device("cpu"))  # type: ignore[arg-type]
 
@@ -87,16 +87,17 @@ def test_paper_architecture_shapes() -> None:
     assert dec(torch.randn(2, 288)).shape == (2, 3, 64, 64)
     assert not isinstance(dec.net[-1], torch.nn.LeakyReLU)  # the output layer is linear (appendix B)
 
-    cfg = C.resolve("slac", "paper", env="cheetah-run")
+    cfg = train_config.resolve("slac", "paper", env="cheetah-run")
     assert (cfg.z1_dim, cfg.z2_dim, cfg.batch_size, cfg.model_batch_size, cfg.sequence_length) == (32, 256, 256, 32, 8)
     assert (cfg.action_repeat, cfg.decoder_variance, cfg.replay_capacity) == (4, 0.1, 100_000)
     assert cfg.pretrain_updates == 50_000
     assert cfg.seed_steps == 10 * 1000 // 4 and cfg.eval_mean_action is False
     assert (cfg.history_length, cfg.history_padding) == (8, PADDING_RULE)
-    assert C.resolve("slac", "paper", env="walker-walk").decoder_variance == 0.4
-    assert C.resolve("slac", "paper", env="ball_in_cup-catch").decoder_variance == 0.04
-    assert C.resolve("slac", "paper", env="finger-spin").action_repeat == 1
-    assert C.resolve("slac", "paper", env="cartpole-swingup").action_repeat == 4  # SLAC's table, not SAC+AE's 8
+    assert train_config.resolve("slac", "paper", env="walker-walk").decoder_variance == 0.4
+    assert train_config.resolve("slac", "paper", env="ball_in_cup-catch").decoder_variance == 0.04
+    assert train_config.resolve("slac", "paper", env="finger-spin").action_repeat == 1
+    # SLAC's own table, not SAC+AE's 8:
+    assert train_config.resolve("slac", "paper", env="cartpole-swingup").action_repeat == 4
 
 
 def test_filter_and_heads_shapes() -> None:
