@@ -404,3 +404,38 @@ def test_bf16_autocast_updates_stay_close_to_float32() -> None:
         assert all(p.dtype == torch.float32 for p in agent.model.parameters())
         losses.append(float(metrics["model_loss"]))
     assert losses[1] == pytest.approx(losses[0], rel=0.05)
+
+
+def test_the_sac_part_learns_the_action_that_earns_reward() -> None:
+    """A sign, detach or indexing error in the critic or actor update fails this: with discount 0 the
+    critic's target is the reward itself, here highest at the action (0.5, -0.5) whatever the frames
+    show. The policy's actions must come to earn more than at the start, on the target's side of
+    each axis (SAC first narrows a wide policy towards a corner, so the mean action need not be at
+    the target yet)."""
+    target = np.array([0.5, -0.5], np.float32)
+
+    def reward(a: np.ndarray) -> np.ndarray:
+        return 1.0 - np.sum((a - target) ** 2, axis=-1)
+
+    rng = np.random.default_rng(0)
+    replay = FrameReplay(2_000, (3, 64, 64), np.uint8, A, check_memory=False)
+    i = 0
+    for _ in range(20):
+        replay.add_first(_frame(i))
+        for _ in range(40):
+            i += 1
+            a = rng.uniform(-1, 1, A).astype(np.float32)
+            replay.add(_frame(i), a, float(reward(a)), 1.0)
+        i += 1
+    agent = _agent(discount=0.0, init_log_alpha=-5.0, actor_lr=3e-3, critic_lr=3e-3)
+    frames, actions = np.stack([_frame(i) for i in range(8)]), np.zeros((7, A), np.float32)
+
+    def earned() -> float:
+        return float(np.mean([reward(agent.act(frames, actions, mean=False)) for _ in range(200)]))
+
+    start = earned()
+    for _ in range(300):
+        agent.update_sac(agent.sample_sac_batch(replay, rng))
+    end, mean_action = earned(), agent.act(frames, actions, mean=True)
+    assert end > start + 0.3 and end > 0.4, (start, end)
+    assert np.array_equal(np.sign(mean_action), np.sign(target)), mean_action
