@@ -196,7 +196,7 @@ class DMCSource(FrameSource):
             sim = DMCEnv(env, seed, episode_length, camera_id)
         except ModuleNotFoundError as exc:
             raise SourceError(f"dmc sources need dm_control ({exc.name} is missing): "
-                              "pip install 'sacae-deploy[train]'") from None
+                              "pip install 'sacae-deploy[sim]'") from None
         self._env = PixelObservation(sim, image_size, make_background(distractors, seed, frames_per_step))
         self.env_name = env
         self.seed, self.episodes = seed, episodes
