@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 from sacae_deploy.errors import SacaeError
 from sacae_deploy.files import atomic_write_text
+from sacae_deploy.outputs import check_output_dir
 from train.report import SWEEP_FILE, checkpoint_step
 
 TRIALS = "trials"
@@ -137,6 +138,9 @@ def plan(spec: SweepSpec) -> list[PlannedTrial]:
     if spec.max_concurrent is not None and spec.max_concurrent < 1:
         raise SweepError(f"--max-concurrent must be at least 1, got {spec.max_concurrent}")
     _check_storage(spec)
+    check_output_dir(spec.out, "--out")
+    if spec.storage:
+        check_output_dir(spec.root, "--storage")
     if not spec.resume:
         for folder in {spec.out, spec.root}:
             if _non_empty(folder):

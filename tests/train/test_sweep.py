@@ -195,6 +195,14 @@ def test_sweep_bad_input_is_one_line(tmp_path: Path, args: list[str], message: s
     assert time.monotonic() - start < 30
 
 
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_sweep_out_that_is_a_file_is_one_line(tmp_path: Path, resume: list[str]) -> None:
+    (tmp_path / "s").write_text("mine")
+    proc = sacae("sweep", *GRID, *resume, "--out", str(tmp_path / "s"))
+    assert proc.returncode == 2 and f"--out {tmp_path / 's'}: is a file; name a directory" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and (tmp_path / "s").read_text() == "mine"
+
+
 def test_sweep_refuses_a_non_empty_out(tmp_path: Path) -> None:
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "notes.txt").write_text("mine")
