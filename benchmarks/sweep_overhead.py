@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# The repository root goes first: this folder's distractors.py would otherwise shadow the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 from machine import StealMeter, describe  # noqa: E402
 
