@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -220,7 +220,8 @@ def _read_frames_directly(path: Path, casts: list[str]) -> None:
     onnx.save_model(model, str(path), save_as_external_data=False)
 
 
-def to_int8(src: Path, dst: Path, calibration: Calibration) -> None:
+def to_int8(src: Path, dst: Path, calibration: Calibration, ops: Sequence[str] = QUANTIZED_OPS,
+            keep_float: Sequence[str] = ()) -> None:
     """Static QDQ int8 with onnxruntime.quantization: per-channel int8 weights, uint8 activations from
     the calibration's min/max (percentile and entropy calibration measured no better on the 10k-step
     SAC+AE run; per-tensor weights 3x worse). Weights are 7-bit (`reduce_range`): on CPUs without
@@ -230,7 +231,8 @@ def to_int8(src: Path, dst: Path, calibration: Calibration) -> None:
     of the action range on held-out decisions (no overflow; the bit costs a little). A file may run on
     any CPU, so 7-bit. The
     frames' own cast to float gets the range 0..255 whatever the calibration frames held (scale 1,
-    zero point 0): 8-bit pixels then quantize exactly, and the graph reads them as they come."""
+    zero point 0): 8-bit pixels then quantize exactly, and the graph reads them as they come.
+    `ops` and `keep_float` (node names) are for benchmarks/latency_choices.py's alternatives."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -240,7 +242,8 @@ def to_int8(src: Path, dst: Path, calibration: Calibration) -> None:
         casts = _frame_casts(onnx.load(str(pre)))
         pixels = {"rmin": np.array(0.0, np.float32), "rmax": np.array(255.0, np.float32)}
         quantize_static(str(pre), str(dst), calibration.reader(), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=True,
+                        op_types_to_quantize=list(ops), nodes_to_exclude=list(keep_float), per_channel=True,
+                        reduce_range=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         extra_options={"TensorQuantOverrides": {name: [pixels] for name in casts}})
     _read_frames_directly(dst, casts)

@@ -1,6 +1,6 @@
 """`Policy`: run an exported policy with numpy + onnxruntime only (no torch, no dm_control).
 
-    policy = Policy.load("runs/x/policy.onnx")      # device="auto" | "cpu" | "cuda", threads=None
+    policy = Policy.load("runs/x/policy.onnx")      # device="auto" | "cpu" | "cuda", threads=None, spin=True
     print(policy.describe())                          # one line: what runs where
     policy.reset()                                    # at every episode start
     action = policy.act(frame)                        # uint8 (H, W, 3) -> float32 (A,) in env bounds
@@ -48,6 +48,11 @@ CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 # p50 1.28 ms / p99 2.43 ms against 2.10 / 2.78 ms for 1 (the fc and MLP layers are memory-bound
 # GEMVs; a second core adds bandwidth). Past 2, batch-1 work is too small to split further.
 DEFAULT_THREADS = min(2, os.cpu_count() or 1)
+# onnxruntime's intra-op threads spin-wait for the next step by default. benchmarks/latency_choices.py
+# (2-core AMD host, int8 SAC+AE, quiet): spinning p50 0.51 / p99 0.65 ms, not spinning 0.62 / 0.97 ms;
+# on cores shared with other work, spinning threads that lose their core stall a step for a scheduler
+# tick (p99 4-9 ms there). Spinning stays the default; `spin=False` for a controller beside other load.
+SPIN_ENTRY = "session.intra_op.allow_spinning"
 MAX_THREADS = os.cpu_count() or 1  # more threads than cores only contend (ONNX Runtime's spin-wait crawls)
 
 
@@ -80,7 +85,7 @@ def _stderr_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-def _create_session(path: Path, device: str, threads: int | None) -> "ort.InferenceSession":
+def _create_session(path: Path, device: str, threads: int | None, spin: bool) -> "ort.InferenceSession":
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)
@@ -90,6 +95,7 @@ def _create_session(path: Path, device: str, threads: int | None) -> "ort.Infere
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.intra_op_num_threads = threads or DEFAULT_THREADS
     opts.inter_op_num_threads = 1
+    opts.add_session_config_entry(SPIN_ENTRY, "1" if spin else "0")
     cuda_listed = CUDA_EP in ort.get_available_providers()
     if device == "cuda" and not cuda_listed:
         raise PolicyError("device cuda: this onnxruntime build has no CUDAExecutionProvider "
@@ -104,6 +110,14 @@ def _create_session(path: Path, device: str, threads: int | None) -> "ort.Infere
         raise PolicyError("device cuda: onnxruntime could not start CUDA on this machine (no usable GPU or "
                           "CUDA libraries); use device auto or cpu")
     return session
+
+
+def _spins(session: "ort.InferenceSession") -> bool:
+    """Whether the session's intra-op threads spin-wait (onnxruntime's default where unset)."""
+    try:
+        return session.get_session_options().get_session_config_entry(SPIN_ENTRY) != "0"
+    except RuntimeError:  # onnxruntime: "does not have configuration with key"
+        return True
 
 
 def _ort_reason(exc: Exception) -> str:
@@ -169,6 +183,7 @@ class Policy:
         self.providers: list[str] = list(session.get_providers())
         self.device = "cuda" if self.providers[0] == CUDA_EP else "cpu"
         self.threads = threads or DEFAULT_THREADS
+        self.spins = _spins(session)
         self.stats = ActionStats()
         self._frame_shape = (self.image_size, self.image_size, 3)
         self._out = np.zeros((1, self.action_dim), np.float32)
@@ -183,11 +198,14 @@ class Policy:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str = "auto", threads: int | None = None) -> "Policy":
+    def load(cls, path: str | os.PathLike[str], device: str = "auto", threads: int | None = None,
+             spin: bool = True) -> "Policy":
         """Open a policy file (or a run directory holding policy.onnx) and warm it up.
 
         device: "auto" (CUDA when onnxruntime can really start it, else CPU), "cpu" or "cuda" (an
         error when CUDA cannot start). threads: onnxruntime intra-op threads (None: DEFAULT_THREADS).
+        spin: let those threads spin-wait between steps (lowest latency on cores of its own; False
+        where the cores are shared with other work, see SPIN_ENTRY).
         """
         if device not in DEVICES:
             raise PolicyError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -200,7 +218,7 @@ class Policy:
             raise PolicyError(f"policy file {p} does not exist (create one with `sacae export RUN_DIR`)")
         if not p.is_file():
             raise PolicyError(f"{p} is a directory without a policy.onnx")
-        session = _create_session(p, device, threads)
+        session = _create_session(p, device, threads, spin)
         policy = cls(p, session, threads)
         policy._warm_up()
         return policy
@@ -262,6 +280,8 @@ class Policy:
         import onnxruntime as ort
 
         where = "GPU (CUDA)" if self.device == "cuda" else f"CPU, {self.threads} thread{'s' * (self.threads > 1)}"
+        if self.device == "cpu" and self.threads > 1 and not self.spins:
+            where += ", not spinning"
         what, gate = self.spec.precision, self.spec.gate
         if gate is not None:
             what += (f", behaviour gate passed: return {gate.mean_variant:.1f} vs fp32 {gate.mean_fp32:.1f}, "

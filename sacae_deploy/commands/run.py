@@ -116,6 +116,7 @@ def register(app: typer.Typer) -> None:
         action_repeat: Annotated[Optional[int], typer.Option(min=1, help="Decide every K frames (default: the policy's training value).")] = None,
         device: Annotated[Device, typer.Option(help="Where ONNX Runtime runs the policy.")] = Device.auto,
         threads: Annotated[Optional[int], typer.Option(min=1, max=MAX_THREADS, help=f"ONNX Runtime intra-op threads, at most the {MAX_THREADS} cores (default: the Policy's).")] = None,
+        spin: Annotated[bool, typer.Option("--spin/--no-spin", help="Let ONNX Runtime's threads spin-wait between decisions: the lowest latency on cores of its own; --no-spin where other work shares the cores (fewer stalls at p99).")] = True,
         max_frames: Annotated[Optional[int], typer.Option(min=1, help="Stop after N frames.")] = None,
         seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_SEED, help="dmc: seed of the task (episode e starts from seed + e; default 0).")] = None,
         summary_json: Annotated[Optional[Path], typer.Option(help="Also write the summary as JSON to PATH.")] = None,
@@ -125,13 +126,13 @@ def register(app: typer.Typer) -> None:
         Ctrl-C or SIGTERM ends the run between two frames with the recording, JSON lines and summary
         complete (exit code 130 or 143)."""
         run_policy(policy, source, episodes=episodes, jsonl=jsonl, record=record, realtime=realtime,
-                   action_repeat=action_repeat, device=device.value, threads=threads, max_frames=max_frames,
-                   seed=seed, summary_json=summary_json, distractors=distractors.value)
+                   action_repeat=action_repeat, device=device.value, threads=threads, spin=spin,
+                   max_frames=max_frames, seed=seed, summary_json=summary_json, distractors=distractors.value)
 
 
 def run_policy(policy: Path, source: str, *, episodes: int | None = None, jsonl: str | None = None,
                record: Path | None = None, realtime: bool = False, action_repeat: int | None = None,
-               device: str = "auto", threads: int | None = None, max_frames: int | None = None,
+               device: str = "auto", threads: int | None = None, spin: bool = True, max_frames: int | None = None,
                seed: int | None = None, summary_json: Path | None = None, distractors: str = "none") -> Any:
     """`sacae run` without the CLI (the demo calls it too); returns the loop's Summary. Output paths
     are checked first. A SIGINT/SIGTERM (under the CLI's handler) stops the loop between frames; the
@@ -147,7 +148,7 @@ def run_policy(policy: Path, source: str, *, episodes: int | None = None, jsonl:
         check_output_file(record, "--record", VIDEO_SUFFIXES)
     if summary_json is not None:
         check_output_file(summary_json, "--summary-json")
-    pol = Policy.load(policy, device=device, threads=threads)
+    pol = Policy.load(policy, device=device, threads=threads, spin=spin)
     if not pol.image_size:
         raise RunError(f"model {policy} is a {pol.algo} policy on states; `sacae run` needs a pixel policy")
     src = open_source(source, image_size=pol.image_size, default_env=pol.env, seed=seed, episodes=episodes,

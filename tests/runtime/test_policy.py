@@ -126,6 +126,19 @@ def test_metadata_and_attributes(sac_ae: tuple[Run, Path]) -> None:
     assert "\n" not in line and "sac-ae" in line and "on CPU, 2 threads" in line
 
 
+def test_spinning_is_a_session_choice_that_does_not_change_actions(sac_ae: tuple[Run, Path]) -> None:
+    """spin=False only stops the intra-op threads' spin-wait (onnxruntime's own switch, on by default):
+    the same actions, and describe() says so."""
+    _, path = sac_ae
+    spinning = Policy.load(path, device="cpu", threads=2)
+    resting = Policy.load(path, device="cpu", threads=2, spin=False)
+    assert spinning.spins and not resting.spins
+    assert resting.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert "not spinning" in resting.describe() and "not spinning" not in spinning.describe()
+    for frame in _frames(12, spinning.image_size):
+        np.testing.assert_array_equal(spinning.act(frame), resting.act(frame))
+
+
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 NO_CUDA_BUILD = ("device cuda: this onnxruntime build has no CUDAExecutionProvider "
                  "(install onnxruntime-gpu, or use device auto / cpu)")

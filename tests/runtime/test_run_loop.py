@@ -574,12 +574,15 @@ def test_dmc_returns_match_training_evaluation(tiny_policy: tuple[Any, Any, Path
     assert summary.episode_returns == pytest.approx(expected, abs=1e-9)
 
 
-def test_cli_dmc_return_matches_training_evaluation(tiny_policy: tuple[Any, Any, Path], tmp_path: Path) -> None:
-    """The same through `sacae run` (1000-step episodes, cut by --max-frames to keep it fast)."""
+@pytest.mark.parametrize("threads", [["--threads", "1"], ["--threads", "2", "--no-spin"]])
+def test_cli_dmc_return_matches_training_evaluation(tiny_policy: tuple[Any, Any, Path], tmp_path: Path,
+                                                    threads: list[str]) -> None:
+    """The same through `sacae run` (1000-step episodes, cut by --max-frames to keep it fast), whatever
+    its threads do between decisions."""
     cfg, _, path = tiny_policy
     expected = training_returns(path, cfg, seed=7, episodes=1, length=64)
     summary_path = tmp_path / "summary.json"
-    sacae("run", str(path), "--source", "dmc", "--seed", "7", "--max-frames", "64", "--threads", "1",
+    sacae("run", str(path), "--source", "dmc", "--seed", "7", "--max-frames", "64", *threads,
           "--device", "cpu", "--summary-json", str(summary_path), check=True)
     got = json.loads(summary_path.read_text())
     assert got["frames"] == 64 and got["decisions"] == 64 // K and got["episode_returns"] == []

@@ -80,8 +80,8 @@ def test_baselines_on_a_tiny_episode_state_matches_pixels(tmp_path: Path) -> Non
 def test_scale_is_the_paper_preset_with_stated_overrides(tmp_path: Path) -> None:
     for algo in ("slac", "sac-ae"):
         assert lc.SCALE[algo]["threads"] == "1"
-        cfg = lc.resolve_config(algo, lc.DEFAULT_ENV, 1, lc.DEFAULT_ENV_STEPS[algo], tmp_path / algo, False)
-        assert cfg.threads == 1 and cfg.action_repeat == 4  # both papers' tables for cheetah
+        cfg = lc.resolve_config(algo, lc.DEFAULT_ENV[algo], 1, lc.DEFAULT_ENV_STEPS[algo], tmp_path / algo, False)
+        assert cfg.threads == 1 and cfg.action_repeat == 4  # SLAC's table for cartpole, both papers' for cheetah
         for key, value in lc.SCALE[algo].items():
             assert str(getattr(cfg, key)).lower() == value.lower()
     assert lc.scale_overrides("slac", "smoke") == {"threads": "1"}
