@@ -119,7 +119,8 @@ def critic_check(agent: Any, cfg: Any, episodes: list[dict[str, np.ndarray]]) ->
             plus[:, d], minus[:, d] = 1.0, -1.0
             spread.append(float((torch.min(*agent.critic.q(z[:-1], plus)) -
                                  torch.min(*agent.critic.q(z[:-1], minus))).abs().mean()))
-    return {"corr_q_return_to_go": round(float(np.mean(corr)), 3), "mean_abs_q_plus_minus": round(float(np.mean(spread)), 4)}
+    return {"corr_q_return_to_go": round(float(np.mean(corr)), 3),
+            "mean_abs_q_plus_minus": round(float(np.mean(spread)), 4)}
 
 
 @torch.no_grad()
@@ -136,7 +137,8 @@ def decoder_check(agent: Any, episode: dict[str, np.ndarray], out: Path | None) 
         top = np.concatenate([episode["frames"][i].transpose(1, 2, 0) for i in picks], 1)
         bottom = np.concatenate([(decoded[i].clamp(0, 1) * 255).byte().numpy().transpose(1, 2, 0) for i in picks], 1)
         out.mkdir(parents=True, exist_ok=True)
-        iio.imwrite(out / "slac_reconstruction.png", np.kron(np.concatenate([top, bottom]), np.ones((2, 2, 1), np.uint8)))
+        picture = np.kron(np.concatenate([top, bottom]), np.ones((2, 2, 1), np.uint8))  # 2x: easier to see
+        iio.imwrite(out / "slac_reconstruction.png", picture)
     return {"decoder_shuffled_z_diff": round(float((decoded - shuffled).abs().mean()), 4),
             "decoder_zero_z_diff": round(float((decoded - zero).abs().mean()), 4)}
 
