@@ -12,6 +12,8 @@ robot. This script plays `--episodes` fresh episodes of the run's task with SLAC
   learned the objects;
 - the critic: correlation of min(Q1, Q2)(z_t, a_t) with the discounted return-to-go, and mean
   |Q(z, +1) - Q(z, -1)| over each action dimension;
+- which of the model's parameter groups get no gradient from one model loss (eq. 7) on 8-step
+  windows cut from the episodes (a detach there would leave the latent untrained);
 - DIR/slac_reconstruction.png (with `--out DIR`): frames of a held-out episode over their decoded
   posterior samples.
 
@@ -143,6 +145,24 @@ def decoder_check(agent: Any, episode: dict[str, np.ndarray], out: Path | None) 
             "decoder_zero_z_diff": round(float((decoded - zero).abs().mean()), 4)}
 
 
+def gradient_check(agent: Any, cfg: Any, episodes: list[dict[str, np.ndarray]]) -> list[str]:
+    """The model's parameter groups with no gradient from one model loss on windows of `episodes`."""
+    length, windows = cfg.sequence_length, []
+    for episode in episodes:
+        for start in range(0, len(episode["actions"]) - length + 1, 50):
+            windows.append({"frames": episode["frames"][start:start + length + 1],
+                            "action": episode["actions"][start:start + length],
+                            "reward": episode["rewards"][start:start + length].astype(np.float32)})
+    batch = {k: np.stack([w[k] for w in windows]) for k in windows[0]}
+    batch["discount"] = np.ones_like(batch["reward"])
+    batch["valid"] = np.ones(batch["reward"].shape, bool)
+    agent.model_opt.zero_grad(set_to_none=True)
+    agent.train_mode(True)
+    agent.update_model(batch)  # one real update step: backward, then Adam (the weights move slightly)
+    return [name for name, module in agent.model.named_children()
+            if not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in module.parameters())]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -169,7 +189,8 @@ def main() -> None:
     report = {"benchmark": "slac_latent_probe", "run": str(args.run), "env": run.cfg.env, "env_step": run.env_steps,
               "episodes": args.episodes, "held_out": HELD_OUT, "state_dims": int(states[0].shape[1]),
               "probe_r2": probes, **decoder_check(run.agent, episodes[-1], args.out),
-              **critic_check(run.agent, run.cfg, episodes)}
+              **critic_check(run.agent, run.cfg, episodes),
+              "model_groups_without_gradient": gradient_check(run.agent, run.cfg, episodes)}
     for name, r2 in probes.items():
         print(f"{name:26s} R^2 per state dim (held out): {r2}", file=sys.stderr)
     print(json.dumps(report))
