@@ -61,7 +61,10 @@ class FrameReplay:
     `device` where one is given (the other fields stay small numpy arrays)."""
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: Any, action_dim: int,
-                 check_memory: bool = True, headroom_bytes: int = 2 << 30, device: torch.device | None = None) -> None:
+                 check_memory: bool = True, headroom_bytes: int = 2 << 30, device: torch.device | None = None,
+                 max_writes: int | None = None) -> None:
+        """`max_writes`: the most slots the run will ever write (None: unknown). Host memory is
+        committed only as slots are written, so the memory check counts min(capacity, max_writes)."""
         if capacity < 2:
             raise ReplayError(f"replay capacity must be at least 2, got {capacity}")
         self.capacity = capacity
@@ -69,10 +72,13 @@ class FrameReplay:
         self.obs_dtype = np.dtype(obs_dtype)
         self.action_dim = action_dim
         need = capacity * self.bytes_per_slot()
+        used = min(capacity, max_writes or capacity)  # slots this run can fill
+        committed = used * self.bytes_per_slot()
         avail = available_memory_bytes()
-        if check_memory and need > avail - headroom_bytes:
+        if check_memory and committed > avail - headroom_bytes:
+            filled = "" if used == capacity else f" (this run fills {used:,} of them)"
             raise ReplayError(
-                f"replay of {capacity:,} transitions needs {need / 2**30:.1f} GiB but only "
+                f"replay of {capacity:,} transitions{filled} needs {committed / 2**30:.1f} GiB but only "
                 f"{max(avail - headroom_bytes, 0) / 2**30:.1f} GiB is available "
                 f"(after {headroom_bytes / 2**30:.0f} GiB headroom); lower it with --set replay_capacity=N")
         # np.zeros maps pages lazily: memory is committed as slots are written.

@@ -144,8 +144,11 @@ class Workspace:
         self.eval_env = build_env(cfg, cfg.seed + EVAL_SEED_OFFSET, render)
         obs = self.train_env.reset(seed=0)
         store_shape = newest(cfg, obs).shape
+        # Each agent step writes a slot and each episode start one more: a short run of a large replay
+        # commits only what it fills.
+        writes = cfg.env_steps // cfg.action_repeat + cfg.env_steps // cfg.episode_length + 1
         self.replay = FrameReplay(cfg.replay_capacity, store_shape, obs.dtype, self.train_env.action_dim,
-                                  device=self.device if self.device.type == "cuda" else None)
+                                  device=self.device if self.device.type == "cuda" else None, max_writes=writes)
         self.agent = make_agent(cfg, obs.shape, self.train_env.action_dim, self.device)
         notice = bf16_notice(cfg.bf16, self.device)
         self.notices = [notice] if notice else []  # said when the run starts, through `run`'s progress

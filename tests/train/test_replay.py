@@ -134,3 +134,16 @@ def test_device_mirror_serves_the_same_batches_and_survives_a_reload(tmp_path: P
             wa = host.sample_windows(16, np.random.default_rng(5), 8, distinct=distinct)
             wb = replay.sample_windows(16, np.random.default_rng(5), 8, distinct=distinct)
             assert np.array_equal(wa["frames"], wb["frames"].numpy()) and np.array_equal(wa["valid"], wb["valid"])
+
+
+def test_the_memory_check_counts_only_the_slots_a_run_fills(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host pages are committed as slots are written: a 10k-step run of a 1M replay (the demo) must
+    not be refused for the 1M it never fills, and a run that fills it still is."""
+    monkeypatch.setattr("train.replay.available_memory_bytes", lambda: 50 * 2**20)
+    slot = FrameReplay(2, (100,), np.uint8, 1, check_memory=False).bytes_per_slot()
+    with pytest.raises(ReplayError, match=r"replay of 1,000,000 transitions needs 0\.1 GiB"):
+        FrameReplay(1_000_000, (100,), np.uint8, 1, headroom_bytes=0)
+    with pytest.raises(ReplayError, match=r"\(this run fills 900,000 of them\)"):
+        FrameReplay(1_000_000, (100,), np.uint8, 1, headroom_bytes=0, max_writes=900_000)
+    replay = FrameReplay(1_000_000, (100,), np.uint8, 1, headroom_bytes=0, max_writes=10_000)
+    assert replay.capacity == 1_000_000 and 10_000 * slot < 50 * 2**20
