@@ -49,9 +49,10 @@ CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
 # GEMVs; a second core adds bandwidth). Past 2, batch-1 work is too small to split further.
 DEFAULT_THREADS = min(2, os.cpu_count() or 1)
 # onnxruntime's intra-op threads spin-wait for the next step by default. benchmarks/latency_choices.py
-# (2-core AMD host, int8 SAC+AE, quiet): spinning p50 0.51 / p99 0.65 ms, not spinning 0.62 / 0.97 ms;
-# on cores shared with other work, spinning threads that lose their core stall a step for a scheduler
-# tick (p99 4-9 ms there). Spinning stays the default; `spin=False` for a controller beside other load.
+# (2-core AMD host, paper-size SAC+AE, quiet): int8 spinning p50 0.47 / p99 0.69 ms, not spinning
+# 0.59 / 1.19 ms; fp32 0.78 / 5.0 against 0.95 / 1.8 ms. A spinning thread that loses its core to
+# other work stalls the step for a scheduler tick (~4 ms). Spinning stays the default (lowest p50);
+# `spin=False` for a controller that shares its cores.
 SPIN_ENTRY = "session.intra_op.allow_spinning"
 MAX_THREADS = os.cpu_count() or 1  # more threads than cores only contend (ONNX Runtime's spin-wait crawls)
 
