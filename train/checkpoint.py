@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import re
 import shutil
 from pathlib import Path
@@ -184,7 +183,8 @@ def load(path: Path, device: torch.device | str = "cpu") -> tuple[dict[str, Any]
     verify(path)
     try:
         agent_state = torch.load(path / "agent.pt", map_location=device, weights_only=True)
-    except (OSError, EOFError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+    except Exception as exc:  # torch's weights-only unpickler fails on foreign bytes with IndexError,
+        # KeyError, UnicodeDecodeError, UnpicklingError, ... : every one means the same to the user
         raise _damaged(path, f"agent.pt is not a weights file torch can read ({type(exc).__name__})") from None
     try:
         state = json.loads((path / "state.json").read_text())

@@ -315,8 +315,12 @@ DAMAGE: list[tuple[str, Callable[[Path], Any], bool, str]] = [
     ("garbage manifest", lambda p: (p / checkpoint.MANIFEST).write_text("[1]"), False, "manifest.json is unreadable"),
     ("a pickle in place of weights", lambda p: (p / "agent.pt").write_bytes(pickle.dumps(os.system, protocol=2)), True,
      "agent.pt is not a weights file torch can read (UnpicklingError)"),
-    ("random agent.pt, resealed", lambda p: (p / "agent.pt").write_bytes(os.urandom(500)), True,
-     "agent.pt is not a weights file torch can read"),
+    # Seeded random bytes: torch's weights-only unpickler fails on them in several ways (the seed -> error
+    # pairs found by trying seeds 0-299 with torch 2.13); each must become the same one-line error.
+    *[(f"random agent.pt ({error}), resealed",
+       lambda p, seed=seed: (p / "agent.pt").write_bytes(np.random.default_rng(seed).bytes(500)), True,
+       f"agent.pt is not a weights file torch can read ({error})")
+      for seed, error in ((0, "UnpicklingError"), (17, "IndexError"), (62, "KeyError"), (54, "UnicodeDecodeError"))],
     ("empty agent.pt, resealed", lambda p: (p / "agent.pt").write_bytes(b""), True, "(EOFError)"),
     ("state.json lacks a key, resealed", lambda p: (p / "state.json").write_text('{"env_step": 1}'), True,
      "state.json has no agent_step"),
