@@ -82,8 +82,7 @@ def main() -> None:
         assert any(n.op_type == "Conv" for n in onnx.load(str(files["int8 frame conv fp32"])).graph.node)
 
         def step(path: Path, threads: int = latency.THREADS, spin: bool = True) -> latency.Step:
-            policy = Policy.load(path, device="cpu", threads=threads, spin=spin)
-            return lambda t: (policy.reset() if t % 500 == 0 else None, policy.act(sac.frames[t % len(sac.frames)]))
+            return latency.policy_step(path, sac.frames, threads=threads, spin=spin)
 
         configs: dict[str, latency.Step] = {"plain export": sac.plain}
         for name, path in (("fp32", fp32), ("int8", int8)):

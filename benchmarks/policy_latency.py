@@ -172,8 +172,8 @@ def measure(configs: dict[str, Step], steps: int) -> dict[str, dict[str, float]]
     return out
 
 
-def policy_step(path: Path, frames: np.ndarray, device: str = "cpu") -> Step:
-    policy = Policy.load(path, device=device, threads=THREADS)
+def policy_step(path: Path, frames: np.ndarray, device: str = "cpu", threads: int = THREADS, spin: bool = True) -> Step:
+    policy = Policy.load(path, device=device, threads=threads, spin=spin)
 
     def step(t: int) -> None:
         if t % 500 == 0:
